@@ -1,0 +1,121 @@
+"""Make RecBole 1.2.1 work on today's numpy, pandas and torch, without forking it.
+
+Four failures were measured with recbole 1.2.1 on numpy 2 / pandas 3 / torch >= 2.6:
+
+1. ``Config.compatibility_settings`` assigns ``np.float_`` and friends, which numpy 2 removed:
+   every ``Config(...)`` crashes. We replace that one method with an equivalent that only
+   aliases names that exist.
+2. ``recbole.quick_start`` imports ``ray.tune``; recbole pins ``ray<=2.6.3``, which does not
+   import on numpy 2 / Python 3.11 without ``pkg_resources``. The plugin never imports
+   ``recbole.quick_start``: :mod:`recbole_cela.quick_start` is its own runner built from
+   RecBole's parts (``Config``, ``create_dataset``, ``data_preparation``, trainers).
+3. ``Trainer.evaluate(load_best_model=True)`` and ``resume_checkpoint`` call ``torch.load``,
+   which defaults to ``weights_only=True`` since torch 2.6, and RecBole's checkpoint pickles the
+   whole ``Config`` object (enums, ``torch.device``...), so loading fails. We do not switch safe
+   loading off: instead the trainer *writes* checkpoints that safe loading accepts (the config
+   as a plain dict of strings/numbers, scores as floats), atomically. Files the user did not
+   produce by this trainer are loaded exactly as strictly as torch loads anything else.
+4. pandas 3 (copy-on-write by default) breaks RecBole's id remapping; pandas is pinned < 3 in
+   ``pyproject.toml``.
+
+:func:`apply` is idempotent and is called when :mod:`recbole_cela` is imported.
+"""
+
+import enum
+import os
+import tempfile
+
+import numpy as np
+import torch
+
+_APPLIED = False
+
+# numpy 1.x names RecBole (and code written for it) still uses -> their numpy 2 equivalents.
+_NUMPY_ALIASES = {
+    "bool": np.bool_,
+    "int": np.int_,
+    "float": np.float64,
+    "complex": np.complex128,
+    "object": np.object_,
+    "str": np.str_,
+    "long": np.int_,
+    "unicode": np.str_,
+    "float_": np.float64,
+    "complex_": np.complex128,
+    "unicode_": np.str_,
+}
+
+
+def _numpy_compatibility_settings(self):
+    """Drop-in for ``Config.compatibility_settings`` that works on numpy 1 and 2."""
+    present = vars(np)  # not getattr: numpy 2 warns or raises on the expired names
+    for name, value in _NUMPY_ALIASES.items():
+        if name not in present:
+            setattr(np, name, value)
+
+
+def plain(value):
+    """Convert a config value to something ``torch.load(weights_only=True)`` accepts."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [plain(v) for v in value]
+    return str(value)
+
+
+def atomic_torch_save(obj, path):
+    """``torch.save`` to a temporary file beside ``path``, then rename it over ``path``.
+
+    A process killed mid-write leaves the previous file (or nothing), never a truncated one.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pth")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f, pickle_protocol=4)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _safe_save_checkpoint(self, epoch, verbose=True, **kwargs):
+    """RecBole's ``Trainer._save_checkpoint`` writing a weights-only-loadable, atomic file."""
+    from recbole.utils import set_color
+
+    if not self.config["single_spec"] and self.config["local_rank"] != 0:
+        return
+    saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+    state = {
+        "config": plain(self.config.final_config_dict),
+        "epoch": int(epoch),
+        "cur_step": int(self.cur_step),
+        "best_valid_score": float(self.best_valid_score),
+        "state_dict": self.model.state_dict(),
+        "other_parameter": self.model.other_parameter(),
+        "optimizer": self.optimizer.state_dict(),
+    }
+    atomic_torch_save(state, saved_model_file)
+    if verbose:
+        self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+
+def apply():
+    """Install the fixes above (idempotent)."""
+    global _APPLIED
+    if _APPLIED:
+        return
+    from recbole.config import Config
+    from recbole.trainer import Trainer
+
+    Config.compatibility_settings = _numpy_compatibility_settings
+    Trainer._save_checkpoint = _safe_save_checkpoint
+    _APPLIED = True

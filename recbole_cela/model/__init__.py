@@ -1,0 +1,3 @@
+"""Models added by the plugin."""
+
+__all__ = []

@@ -1,0 +1,246 @@
+"""The plugin's runner: RecBole's ``run_recbole`` flow, for RecBole's and the plugin's models.
+
+``recbole.quick_start`` cannot be imported on numpy 2 (it imports an old ``ray``), so this module
+rebuilds its flow from RecBole's own parts: ``Config`` -> ``create_dataset`` ->
+``data_preparation`` -> model -> trainer ``fit`` / ``evaluate``. On top of RecBole it
+
+* loads ``props/<MODEL>.yaml`` and ``dataset_configs/<DATASET>.yaml`` when present (before the
+  user's ``--config_files`` and ``--key=value`` overrides, which RecBole reads from ``sys.argv``);
+* converts the raw data into RecBole benchmark files once (``recbole_cela.data``);
+* writes a JSON result (metrics, wall times, throughput, peak memory, AUC per item-popularity
+  bucket, resolved config) to ``results_dir``.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from logging import getLogger
+
+import psutil
+import torch
+import torch.distributed as dist
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import get_environment, init_logger, init_seed, set_color
+
+import recbole_cela  # noqa: F401  (applies the compatibility fixes)
+from recbole_cela.compat import plain
+from recbole_cela.data import prepare_from_config
+from recbole_cela.evaluation import auc_by_popularity, item_popularity, predict_labeled
+from recbole_cela.utils import (
+    PluginConfigError,
+    dataset_config_file,
+    get_model,
+    get_trainer,
+    known_datasets,
+    props_file,
+)
+
+
+def config_files(model_name, dataset, config_file_list=None):
+    """props/overall.yaml, props/<MODEL>.yaml, dataset_configs/<DATASET>.yaml, then the user's
+    files (a later file wins)."""
+    files = [props_file("overall"), props_file(model_name), dataset_config_file(dataset)]
+    files = [f for f in files if f] + list(config_file_list or [])
+    for f in files:
+        if not os.path.isfile(f):
+            raise PluginConfigError(f"Config file '{f}' does not exist.")
+    return files
+
+
+def build_config(model, dataset, config_file_list=None, config_dict=None):
+    """A RecBole ``Config`` for a plugin or RecBole model, with the plugin's default files."""
+    model_class = get_model(model)
+    files = config_files(model, dataset, config_file_list)
+    config = Config(
+        model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict
+    )
+    if config["benchmark_filename"] is None and dataset_config_file(dataset) is None:
+        folder = os.path.join(config["data_path"])
+        if not os.path.isfile(os.path.join(folder, f"{dataset}.inter")):
+            raise PluginConfigError(
+                f"Unknown dataset '{dataset}': no dataset_configs/{dataset}.yaml and no atomic "
+                f"files in '{folder}'. Known datasets: {', '.join(known_datasets())}; or add a "
+                f"config for yours (copy dataset_configs/amazon-sports.yaml)."
+            )
+    return model_class, config
+
+
+def _peak_rss_mb():
+    # ru_maxrss is the peak resident set of this process, in KiB on Linux.
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_result(result, config):
+    folder = config["results_dir"] or "results"
+    os.makedirs(folder, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = os.path.join(folder, f"{config['model']}-{config['dataset']}-{stamp}.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+def run_recbole_cela(
+    model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None
+):
+    """Train and test one model on one dataset; return (and write) the result dict."""
+    model_class, config = build_config(model, dataset, config_file_list, config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(sys.argv)
+    logger.info(config)
+
+    # Raw data -> RecBole benchmark files, once (rank 0 writes, the others wait for it).
+    if config["local_rank"] == 0 or config["single_spec"]:
+        prepare_from_config(config, logger)
+    if not config["single_spec"]:
+        dist.barrier()
+
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = model_class(config, train_data._dataset).to(config["device"])
+    logger.info(model)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+
+    start = time.time()
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    fit_time = time.time() - start
+
+    start = time.time()
+    test_result = trainer.evaluate(
+        test_data, load_best_model=saved, show_progress=config["show_progress"]
+    )
+    eval_time = time.time() - start
+    n_test = len(test_data.dataset)
+
+    popularity = item_popularity(
+        train_data.dataset, config["ITEM_ID_FIELD"], config["LABEL_FIELD"]
+    )
+    scores, labels, items = predict_labeled(trainer.model, test_data, config)
+    buckets = auc_by_popularity(scores, labels, items, popularity, config["popularity_buckets"])
+
+    logger.info(
+        "The running environment of this training is as follows:\n"
+        + get_environment(config).draw()
+    )
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    logger.info(set_color("test AUC by item popularity", "yellow") + f": {buckets}")
+
+    result = {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "seed": config["seed"],
+        "best_valid_score": float(best_valid_score),
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": plain(dict(best_valid_result or {})),
+        "test_result": plain(dict(test_result or {})),
+        "test_auc_by_popularity": buckets,
+        "fit_time_s": fit_time,
+        "eval_time_s": eval_time,
+        "eval_samples_per_s": n_test / eval_time if eval_time > 0 else None,
+        "peak_rss_mb": _peak_rss_mb(),
+        "n_params": sum(p.numel() for p in trainer.model.parameters()),
+        "stages": getattr(trainer, "stage_report", None),
+        "device": str(config["device"]),
+        "torch": torch.__version__,
+        "cpu_count": psutil.cpu_count(),
+        "argv": sys.argv,
+        "config": plain(config.final_config_dict),
+    }
+    if config["local_rank"] == 0:
+        path = write_result(result, config)
+        logger.info(set_color("result written to", "blue") + f": {path}")
+    if not config["single_spec"]:
+        dist.destroy_process_group()
+    if config["local_rank"] == 0 and queue is not None:
+        queue.put(result)
+    return result
+
+
+def _run_rank(rank, model, dataset, config_file_list, kwargs):
+    kwargs["config_dict"]["local_rank"] = rank
+    run_recbole_cela(model, dataset, config_file_list, **kwargs)
+
+
+def run(
+    model,
+    dataset,
+    config_file_list=None,
+    config_dict=None,
+    saved=True,
+    nproc=1,
+    world_size=-1,
+    ip="localhost",
+    port="5678",
+    group_offset=0,
+):
+    """Single process, or ``nproc`` processes per machine exactly as RecBole's ``run`` spawns."""
+    if nproc == 1 and world_size <= 0:
+        return run_recbole_cela(model, dataset, config_file_list, config_dict, saved)
+    import torch.multiprocessing as mp
+
+    queue = mp.get_context("spawn").SimpleQueue()
+    config_dict = dict(config_dict or {})
+    config_dict.update(
+        {
+            "world_size": nproc if world_size == -1 else world_size,
+            "ip": ip,
+            "port": port,
+            "nproc": nproc,
+            "offset": group_offset,
+        }
+    )
+    kwargs = {"config_dict": config_dict, "queue": queue, "saved": saved}
+    mp.spawn(_run_rank, args=(model, dataset, config_file_list, kwargs), nprocs=nproc, join=True)
+    return None if queue.empty() else queue.get()
+
+
+def parse_args(argv=None):
+    """RecBole's ``run_recbole.py`` flags; any other ``--key=value`` is read by ``Config``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", "-m", type=str, default="CELA", help="name of models")
+    parser.add_argument("--dataset", "-d", type=str, default="ml-100k", help="name of datasets")
+    parser.add_argument("--config_files", type=str, default=None, help="config files")
+    parser.add_argument("--nproc", type=int, default=1, help="the number of process in this group")
+    parser.add_argument("--ip", type=str, default="localhost", help="the ip of master node")
+    parser.add_argument("--port", type=str, default="5678", help="the port of master node")
+    parser.add_argument("--world_size", type=int, default=-1, help="total number of jobs")
+    parser.add_argument("--group_offset", type=int, default=0, help="the global rank offset of this group")
+    args, _ = parser.parse_known_args(argv)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    config_file_list = args.config_files.strip().split(" ") if args.config_files else None
+    try:
+        run(
+            args.model,
+            args.dataset,
+            config_file_list=config_file_list,
+            nproc=args.nproc,
+            world_size=args.world_size,
+            ip=args.ip,
+            port=args.port,
+            group_offset=args.group_offset,
+        )
+    except PluginConfigError as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Trainers of the plugin models (looked up as <Model>Trainer)."""
