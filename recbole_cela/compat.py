@@ -79,12 +79,20 @@ def atomic_torch_save(obj, path):
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pth")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f, pickle_protocol=4)
+            torch.save(obj, f)  # default protocol: the one safe loading reads
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _tensor_entries(other):
+    """``other_parameter()`` without module objects (DIN lists its embedding layer there, which
+    ``state_dict`` already holds); safe loading accepts tensors and plain values only."""
+    if not other:
+        return other
+    return {k: v for k, v in other.items() if not isinstance(v, torch.nn.Module)}
 
 
 def _safe_save_checkpoint(self, epoch, verbose=True, **kwargs):
@@ -100,7 +108,7 @@ def _safe_save_checkpoint(self, epoch, verbose=True, **kwargs):
         "cur_step": int(self.cur_step),
         "best_valid_score": float(self.best_valid_score),
         "state_dict": self.model.state_dict(),
-        "other_parameter": self.model.other_parameter(),
+        "other_parameter": _tensor_entries(self.model.other_parameter()),
         "optimizer": self.optimizer.state_dict(),
     }
     atomic_torch_save(state, saved_model_file)

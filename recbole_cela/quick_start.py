@@ -36,14 +36,18 @@ from recbole_cela.utils import (
     get_trainer,
     known_datasets,
     props_file,
+    recbole_props_file,
 )
 
 
-def config_files(model_name, dataset, config_file_list=None):
-    """props/overall.yaml, props/<MODEL>.yaml, dataset_configs/<DATASET>.yaml, then the user's
-    files (a later file wins)."""
-    files = [props_file("overall"), props_file(model_name), dataset_config_file(dataset)]
-    files = [f for f in files if f] + list(config_file_list or [])
+def config_files(model_name, dataset, config_file_list=None, backbone=None):
+    """props/overall.yaml, [the backbone's RecBole and plugin props], props/<MODEL>.yaml,
+    dataset_configs/<DATASET>.yaml, then the user's files (a later file wins)."""
+    files = [props_file("overall")]
+    if backbone:
+        files += [recbole_props_file(backbone), props_file(backbone)]
+    files += [props_file(model_name), dataset_config_file(dataset)]
+    files = [f for f in dict.fromkeys(files) if f] + list(config_file_list or [])
     for f in files:
         if not os.path.isfile(f):
             raise PluginConfigError(f"Config file '{f}' does not exist.")
@@ -57,6 +61,20 @@ def build_config(model, dataset, config_file_list=None, config_dict=None):
     config = Config(
         model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict
     )
+    backbone_key = getattr(model_class, "backbone_key", None)
+    if backbone_key:  # a plugin model over a RecBole backbone: load the backbone's defaults too
+        backbone = config[backbone_key]
+        get_model(backbone)  # clear error for an unknown backbone
+        files = config_files(model, dataset, config_file_list, backbone=backbone)
+        config = Config(
+            model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict
+        )
+        config["MODEL_TYPE"] = model_class.model_type(config)
+    if config["source_format"]:
+        # RecBole hard-wires ml-100k's data_path to its bundled raw copy; converted datasets
+        # always live in <data_path>/<dataset> (default dataset/<dataset>).
+        base = config.external_config_dict.get("data_path") or config.internal_config_dict["data_path"]
+        config["data_path"] = os.path.join(base, dataset)
     if config["benchmark_filename"] is None and dataset_config_file(dataset) is None:
         folder = os.path.join(config["data_path"])
         if not os.path.isfile(os.path.join(folder, f"{dataset}.inter")):

@@ -74,6 +74,14 @@ def props_file(model_name):
     return path if os.path.isfile(path) else None
 
 
+def recbole_props_file(model_name):
+    """RecBole's own defaults for one of its models (properties/model/<MODEL>.yaml)."""
+    import recbole
+
+    path = os.path.join(os.path.dirname(recbole.__file__), "properties", "model", f"{model_name}.yaml")
+    return path if os.path.isfile(path) else None
+
+
 def dataset_config_file(dataset):
     path = os.path.join(_config_folder("dataset_configs"), f"{dataset}.yaml")
     return path if os.path.isfile(path) else None

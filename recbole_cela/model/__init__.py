@@ -1,3 +1,5 @@
-"""Models added by the plugin."""
+"""Models added by the plugin (looked up by name before RecBole's)."""
 
-__all__ = []
+from recbole_cela.model.cela import CELA
+
+__all__ = ["CELA"]

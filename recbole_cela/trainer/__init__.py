@@ -1,1 +1,7 @@
-"""Trainers of the plugin models (looked up as <Model>Trainer)."""
+"""Trainers of the plugin's models and stages (a model ``X`` is trained by ``XTrainer``)."""
+
+from recbole_cela.trainer.alignment_trainer import AlignmentTrainer
+from recbole_cela.trainer.cela_trainer import CELATrainer
+from recbole_cela.trainer.dap_trainer import DAPTrainer
+
+__all__ = ["AlignmentTrainer", "CELATrainer", "DAPTrainer"]

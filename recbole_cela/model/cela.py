@@ -1,0 +1,67 @@
+r"""CELA: Cost-Efficient Language model Alignment for CTR prediction (arXiv 2405.10596).
+
+The model RecBole trains and evaluates is the *fused backbone* of stage 3: a RecBole backbone
+(``backbone``: DIN by default, or a context-aware model) whose item representation, for the
+target item and every behaviour-sequence item, is [ID field embeddings || projection of the
+item's frozen, aligned text vector]. Stages 1-2 and the text table are produced by
+:class:`recbole_cela.trainer.CELATrainer` before this model trains; at inference the text
+encoder never runs (the table is a buffer of this model, saved in its checkpoint).
+
+``use_text: False`` makes CELA the plain backbone (the "text off" ablation).
+"""
+
+from recbole.model.abstract_recommender import AbstractRecommender
+from recbole.utils import InputType, ModelType
+from recbole.utils import get_model as recbole_get_model
+
+from recbole_cela.model.fusion import fused_backbone
+from recbole_cela.text.encoder import resolve_encoder_path
+
+
+class CELA(AbstractRecommender):
+    # RecBole reads these class attributes before the config exists; the dataset class really
+    # follows the backbone (see ``model_type``), which the runner applies.
+    type = ModelType.CONTEXT
+    input_type = InputType.POINTWISE
+    backbone_key = "backbone"
+
+    @staticmethod
+    def model_type(config):
+        return recbole_get_model(config["backbone"]).type
+
+    def __init__(self, config, dataset):
+        super().__init__()
+        backbone_class = recbole_get_model(config["backbone"])
+        self.use_text = config["use_text"]
+        self.text_pooling = config["text_pooling"]
+        if self.use_text:
+            from transformers import AutoConfig
+
+            encoder = resolve_encoder_path(config["text_encoder"])
+            config["text_dim"] = AutoConfig.from_pretrained(encoder, local_files_only=True).hidden_size
+            backbone_class = fused_backbone(backbone_class)
+        self.backbone = backbone_class(config, dataset)
+
+    def set_text_table(self, table):
+        self.backbone.item_text.set_table(table.to(self.backbone.item_text.text_table.device))
+
+    def attach_encoder(self, encoder, tokenized):
+        """End-to-end variant: the encoder trains inside the CTR loss (slow; for comparison)."""
+        from recbole_cela.text.encoder import encode
+
+        self.encoder = encoder  # registered: its parameters join the optimizer
+
+        def encoder_fn(items):
+            batch = tokenized.batch(items.cpu()).to(items.device)
+            return encode(self.encoder, batch["input_ids"], batch["attention_mask"], self.text_pooling)
+
+        self.backbone.item_text.encoder_fn = encoder_fn
+
+    def forward(self, interaction):
+        return self.backbone.predict(interaction)
+
+    def calculate_loss(self, interaction):
+        return self.backbone.calculate_loss(interaction)
+
+    def predict(self, interaction):
+        return self.backbone.predict(interaction)

@@ -1,0 +1,158 @@
+r"""Stage 3 of CELA: multi-modal feature fusion (MF2) on top of RecBole's own backbones.
+
+An item's representation becomes [ID field embeddings || projection of its frozen text vector],
+for the target item and for every item of the behaviour sequence. The text vectors sit in a
+fixed table (one row per item, computed once by the aligned encoder); only the projection
+(MLP + LayerNorm, ``text_proj_fields`` x ``embedding_size`` wide, i.e. that many extra
+"fields") trains, so training and inference cost about what the ID backbone costs.
+
+RecBole's backbones are reused, not copied:
+
+* context-aware models (DeepFM, DCNV2, AutoInt, WideDeep, xDeepFM, FM, ...) read every field
+  through ``concat_embed_input_fields``: the text of the target item and the mean text of the
+  history items are appended there as extra fields, and ``num_feature_field`` grows before the
+  backbone sizes its layers (the mixin sits between the backbone and ``ContextRecommender``);
+* DIN reads item fields through its ``ContextSeqEmbLayer``: the text fields are appended to the
+  item embeddings it returns, and DIN's attention and MLP are sized for the wider items.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import ContextRecommender
+from recbole.model.layers import MLPLayers, SequenceAttLayer
+from recbole.model.sequential_recommender.din import DIN
+from recbole.utils import FeatureSource
+
+from recbole_cela.model.alignment import projection_head
+
+
+class ItemTextProjection(nn.Module):
+    """Frozen item-text table plus the trainable projection into ``fields`` embedding fields."""
+
+    def __init__(self, n_items, text_dim, embedding_size, fields, normalize):
+        super().__init__()
+        self.fields, self.embedding_size, self.normalize = fields, embedding_size, normalize
+        self.register_buffer("text_table", torch.zeros(n_items, text_dim))
+        self.proj = projection_head(text_dim, fields * embedding_size)
+        self.encoder_fn = None  # end-to-end variant: computes rows of the table on the fly
+
+    def set_table(self, table):
+        if table.shape != self.text_table.shape:
+            raise ValueError(f"text table of shape {tuple(table.shape)}, expected {tuple(self.text_table.shape)}")
+        self.text_table.copy_(table)
+
+    def forward(self, items):
+        """[...] item ids -> [..., fields, embedding_size]."""
+        if self.encoder_fn is not None and self.training:
+            unique, inverse = torch.unique(items, return_inverse=True)
+            vectors = self.encoder_fn(unique)[inverse]
+        else:
+            vectors = self.text_table[items]
+        if self.normalize:
+            vectors = F.normalize(vectors, dim=-1)
+        out = self.proj(vectors)
+        return out.view(*items.shape, self.fields, self.embedding_size)
+
+
+def _text_projection(config, dataset):
+    return ItemTextProjection(
+        dataset.item_num,
+        config["text_dim"],
+        config["embedding_size"],
+        config["text_proj_fields"],
+        config["text_normalize"],
+    )
+
+
+class ContextTextFusion(ContextRecommender):
+    """Mixin placed between a context-aware backbone and ``ContextRecommender``."""
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.item_field = config["ITEM_ID_FIELD"]
+        history = self.item_field + config["LIST_SUFFIX"]
+        self.history_field = history if history in dataset.field2type else None
+        self.item_text = _text_projection(config, dataset)
+        self.num_feature_field += self.item_text.fields * (2 if self.history_field else 1)
+
+    def concat_embed_input_fields(self, interaction):
+        fields = [super().concat_embed_input_fields(interaction)]
+        fields.append(self.item_text(interaction[self.item_field]))
+        if self.history_field:
+            seq = interaction[self.history_field]
+            mask = (seq != 0).float().unsqueeze(-1).unsqueeze(-1)
+            text = (self.item_text(seq) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            fields.append(text)
+        return torch.cat(fields, dim=1)
+
+
+class _TextSeqEmbedding(nn.Module):
+    """DIN's ``ContextSeqEmbLayer`` with the item text fields appended to the item embeddings."""
+
+    def __init__(self, layer, item_text):
+        super().__init__()
+        self.layer, self.item_text = layer, item_text
+
+    def forward(self, user_idx, item_idx):
+        sparse, dense = self.layer(user_idx, item_idx)
+        text = self.item_text(item_idx)
+        sparse["item"] = text if sparse["item"] is None else torch.cat([sparse["item"], text], dim=-2)
+        return sparse, dense
+
+
+class DINTextFusion(DIN):
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.item_text = _text_projection(config, dataset)
+        self.embedding_layer = _TextSeqEmbedding(self.embedding_layer, self.item_text)
+        # DIN sizes its attention and MLP by the number of item fields: k more of them now.
+        n_fields = self.dnn_list[0] // (3 * self.embedding_size) + self.item_text.fields
+        self.dnn_list = [3 * n_fields * self.embedding_size] + self.mlp_hidden_size
+        self.att_list = [4 * n_fields * self.embedding_size] + self.mlp_hidden_size
+        self.attention = SequenceAttLayer(
+            self.attention.mask_mat, self.att_list, activation="Sigmoid", softmax_stag=False, return_seq_weight=False
+        )
+        self.dnn_mlp_layers = MLPLayers(self.dnn_list, activation="Dice", dropout=self.dropout_prob, bn=True)
+        self.apply(self._init_weights)
+
+
+def fused_backbone(backbone_class):
+    """The text-fused version of a RecBole backbone class."""
+    if issubclass(backbone_class, DIN):
+        return DINTextFusion if backbone_class is DIN else type(f"Text{backbone_class.__name__}", (backbone_class, DINTextFusion), {})
+    if issubclass(backbone_class, ContextRecommender):
+        return type(f"Text{backbone_class.__name__}", (backbone_class, ContextTextFusion), {})
+    raise ValueError(
+        f"backbone '{backbone_class.__name__}' is not supported by CELA: use DIN or a RecBole "
+        "context-aware model (DeepFM, DCNV2, AutoInt, WideDeep, xDeepFM, FM, ...)."
+    )
+
+
+@torch.no_grad()
+def item_id_vectors(model, dataset):
+    """Every item's representation in an ID backbone: its item field embeddings, concatenated.
+
+    Returns [item_num, n_item_fields * embedding_size]; row 0 is the padding item.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    items = torch.arange(dataset.item_num, device=device)
+    if isinstance(model, DIN):
+        user = torch.zeros_like(items)
+        layer = model.embedding_layer
+        layer = layer.layer if isinstance(layer, _TextSeqEmbedding) else layer
+        sparse, dense = layer(user, items.unsqueeze(1))
+        parts = [x for x in (sparse["item"], dense["item"]) if x is not None]
+        return torch.cat(parts, dim=-2).flatten(1)
+    # Context-aware: embed one real row repeated per item, with the item's own features,
+    # then keep the item-source fields (in RecBole's field order of concat_embed_input_fields).
+    row = dataset.join(dataset.inter_feat[:1])
+    rows = row.repeat(dataset.item_num)
+    rows.update(dataset.get_item_feature())
+    rows = rows.to(device)
+    embedded = ContextRecommender.concat_embed_input_fields(model, rows)
+    order = model.token_seq_field_names + model.token_field_names + model.float_seq_field_names + model.float_field_names
+    item_fields = set(dataset.fields(source=[FeatureSource.ITEM, FeatureSource.ITEM_ID]))
+    index = [i for i, f in enumerate(order) if f in item_fields]
+    return embedded[:, index].flatten(1)

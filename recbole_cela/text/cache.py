@@ -1,0 +1,67 @@
+"""Cache of CELA's stage artifacts under ``saved/``, keyed by what produced them.
+
+A stage's folder is ``<root>/<stage>-<key>``, where the key hashes the data fingerprint, the
+settings the stage reads and the keys of the stages it builds on: a changed setting gives a new
+key for that stage and every stage after it, so exactly the affected stages re-run. A stage
+writes into a temporary sibling folder, puts ``stage.json`` in it last and renames it into place:
+a killed stage leaves only a ``.tmp-*`` folder, which is never trusted (and is cleared by the
+next run of that stage).
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+
+MARKER = "stage.json"
+
+
+def fingerprint(obj):
+    """Short stable hash of a JSON-able object."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def data_fingerprint(data_path, dataset):
+    """Hash of the names, sizes and modification times of the dataset's atomic files."""
+    files = sorted(f for f in os.listdir(data_path) if f.startswith(dataset + "."))
+    stats = [(f, os.path.getsize(os.path.join(data_path, f)), int(os.path.getmtime(os.path.join(data_path, f)))) for f in files]
+    return fingerprint(stats)
+
+
+class StageCache:
+    def __init__(self, root):
+        self.root = root
+
+    def path(self, stage, key):
+        return os.path.join(self.root, f"{stage}-{key}")
+
+    @staticmethod
+    def is_complete(path):
+        return os.path.isfile(os.path.join(path, MARKER))
+
+    @staticmethod
+    def info(path):
+        with open(os.path.join(path, MARKER)) as f:
+            return json.load(f)
+
+    @contextlib.contextmanager
+    def writing(self, path, info):
+        """Yield a temporary folder; on success it becomes ``path`` with ``info`` in stage.json."""
+        os.makedirs(self.root, exist_ok=True)
+        for name in os.listdir(self.root):  # leftovers of killed runs of this stage
+            if name.startswith(os.path.basename(path) + ".tmp-"):
+                shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        os.makedirs(tmp)
+        try:
+            yield tmp
+            with open(os.path.join(tmp, MARKER), "w") as f:
+                json.dump(info, f, indent=2, default=str)
+            if os.path.isdir(path):  # an incomplete folder (no marker) from an older version
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise

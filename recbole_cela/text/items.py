@@ -1,0 +1,165 @@
+"""Item texts: assembled from the dataset's item file, tokenised once, served in batches.
+
+Everything here is per item (never per interaction): the cost of the text stages grows with the
+number of items only.
+"""
+
+import os
+
+import numpy as np
+import pandas as pd
+import torch
+from recbole.data.interaction import Interaction
+
+
+class ItemTextError(ValueError):
+    """Item text settings that do not match the dataset, with what to do instead."""
+
+
+def _read_item_file(config):
+    path = os.path.join(config["data_path"], f"{config['dataset']}.item")
+    if not os.path.isfile(path):
+        raise ItemTextError(
+            f"No item file '{path}': CELA reads item texts from the dataset's .item atomic file."
+        )
+    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
+    frame.columns = [c.split(":")[0] for c in frame.columns]
+    return frame, path
+
+
+def assemble(frame, fields, template, fallback):
+    """One text per row: ``template.format(**fields)``, or "name: value; ..." when no template.
+
+    Empty fields are left out of the default form; a row with no text at all gets ``fallback``.
+    """
+    values = frame[fields].apply(lambda col: col.str.strip())
+    if template:
+        texts = pd.Series(
+            [template.format(**row) for row in values.to_dict("records")], index=frame.index
+        )
+    else:
+        parts = [
+            np.where(values[f] != "", f.replace("_", " ") + ": " + values[f], "") for f in fields
+        ]
+        texts = pd.Series(["; ".join(p for p in row if p) for row in zip(*parts)], index=frame.index)
+    texts = texts.str.strip()
+    return texts.where(texts != "", fallback)
+
+
+def item_texts(config, dataset):
+    """The text of every item, indexed by RecBole's internal item id (0 is padding)."""
+    fields = list(config["text_fields"] or [])
+    frame, path = _read_item_file(config)
+    missing = [f for f in fields if f not in frame.columns]
+    if not fields or missing:
+        raise ItemTextError(
+            f"text_fields {fields} not usable: {missing or 'none given'} not in '{path}', whose "
+            f"columns are {list(frame.columns)}. Set text_fields in the dataset config."
+        )
+    item_field = config["ITEM_ID_FIELD"]
+    fallback = config["text_fallback"] or "unknown item"
+    texts = assemble(frame, fields, config["text_template"], fallback)
+    token2id = dataset.field2token_id[item_field]
+    internal = frame[item_field].map(token2id)
+    known = internal.notna().to_numpy()
+    result = np.full(dataset.item_num, fallback, dtype=object)
+    result[internal[known].astype(int).to_numpy()] = texts[known].to_numpy()
+    return result.tolist()
+
+
+class TokenizedItems:
+    """Every item's text tokenised once, kept as a padded id matrix plus lengths."""
+
+    def __init__(self, tokenizer, texts, max_length):
+        encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        self.lengths = torch.tensor(lengths)
+        self.input_ids = torch.full((len(texts), max(lengths)), tokenizer.pad_token_id)
+        for row, ids in enumerate(encoded["input_ids"]):
+            self.input_ids[row, : len(ids)] = torch.tensor(ids)
+        self.pad_token_id = tokenizer.pad_token_id
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def batch(self, items):
+        """Padded to the longest text of the batch, not to max_length."""
+        items = torch.as_tensor(items)
+        width = int(self.lengths[items].max())
+        input_ids = self.input_ids[items, :width]
+        attention_mask = (torch.arange(width) < self.lengths[items].unsqueeze(1)).long()
+        return Interaction({"item_id": items, "input_ids": input_ids, "attention_mask": attention_mask})
+
+
+class ItemTextLoader:
+    """Batches of items for the text stages, with length bucketing.
+
+    Training order: shuffled (seeded per epoch), then sorted by length inside windows of
+    ``bucket`` batches, so batches hold texts of similar length (little padding) while the
+    order still changes every epoch. ``shuffle=False`` sorts all items by length (encoding).
+    With ``world_size > 1`` each process takes every ``world_size``-th batch.
+    """
+
+    def __init__(self, tokenized, items, batch_size, shuffle, seed=0, bucket=50, rank=0, world_size=1):
+        self.tokenized = tokenized
+        self.items = torch.as_tensor(items)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.bucket = bucket
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def _batches(self):
+        items, lengths = self.items, self.tokenized.lengths[self.items]
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            perm = torch.randperm(len(items), generator=generator)
+            items, lengths = items[perm], lengths[perm]
+            window = self.batch_size * self.bucket
+            chunks = []
+            for start in range(0, len(items), window):
+                order = torch.argsort(lengths[start : start + window], stable=True)
+                chunks.append(items[start : start + window][order])
+            items = torch.cat(chunks) if chunks else items
+            batches = list(torch.split(items, self.batch_size))
+            order = torch.randperm(len(batches), generator=generator).tolist()
+            batches = [batches[i] for i in order]
+        else:
+            items = items[torch.argsort(lengths, stable=True)]
+            batches = list(torch.split(items, self.batch_size))
+        return batches[self.rank :: self.world_size]
+
+    def __len__(self):
+        n = -(-len(self.items) // self.batch_size)
+        return len(range(self.rank, n, self.world_size))
+
+    def __iter__(self):
+        for items in self._batches():
+            yield self.tokenized.batch(items)
+        self.epoch += 1
+
+
+@torch.inference_mode()
+def encode_items(encoder, tokenized, pooling, batch_size, device, items=None):
+    """Pooled vectors of ``items`` (default: all), [len(items), hidden], in item order.
+
+    No autograd, no dropout, batches sorted by length (little padding).
+    """
+    from recbole_cela.text.encoder import autocast, encode
+
+    encoder.eval()
+    items = torch.arange(len(tokenized)) if items is None else torch.as_tensor(items)
+    loader = ItemTextLoader(tokenized, items, batch_size, shuffle=False)
+    out = torch.zeros(len(items), encoder.config.hidden_size)
+    position = torch.empty(int(items.max()) + 1, dtype=torch.long)
+    position[items] = torch.arange(len(items))
+    for batch in loader:
+        batch = batch.to(device)
+        with autocast(device):
+            vectors = encode(encoder, batch["input_ids"], batch["attention_mask"], pooling)
+        out[position[batch["item_id"].cpu()]] = vectors.float().cpu()
+    return out

@@ -1,0 +1,202 @@
+"""CELA's trainer: runs (or reuses) the three stages, then trains the fused model.
+
+Stage 1  DAPTrainer         encoder <- MLM + SimCSE on item texts          artifact: HF folder
+Stage 2a RecBole Trainer    ID backbone on the CTR data                    artifact: model.pth
+Stage 2b AlignmentTrainer   encoder aligned to the frozen backbone items   artifact: HF folder
+Table    encode_items       one vector per item with the final encoder     artifact: item_text.pt
+Stage 3  this Trainer       fresh backbone fused with the text table       RecBole checkpoint
+
+Each artifact is cached by :class:`recbole_cela.text.cache.StageCache` under
+``cela_dir`` (default ``<checkpoint_dir>/cela/<dataset>``). The ablation switches ``dap``,
+``align``, ``use_text`` and ``finetune_encoder`` only change which stages run.
+"""
+
+import os
+import time
+
+import torch
+from recbole.trainer import Trainer
+from recbole.utils import get_model as recbole_get_model
+from recbole.utils import set_color
+
+from recbole_cela.compat import atomic_torch_save, plain
+from recbole_cela.model.alignment import ItemAlignment
+from recbole_cela.model.dap import DomainAdaptivePretraining
+from recbole_cela.model.fusion import item_id_vectors
+from recbole_cela.text.cache import StageCache, data_fingerprint, fingerprint
+from recbole_cela.text.encoder import load_encoder, load_tokenizer, resolve_encoder_path
+from recbole_cela.text.items import ItemTextLoader, TokenizedItems, encode_items, item_texts
+from recbole_cela.trainer.alignment_trainer import AlignmentTrainer
+from recbole_cela.trainer.dap_trainer import DAPTrainer
+
+TEXT_KEYS = ["text_fields", "text_template", "text_fallback", "max_text_length"]
+DAP_KEYS = ["dap_epochs", "dap_learning_rate", "dap_stopping_step", "dap_batch_size", "mlm_probability",
+            "simcse_temperature", "mlm_weight", "text_pooling", "dap_valid_ratio"]
+ALIGN_KEYS = ["align_epochs", "align_learning_rate", "align_stopping_step", "align_batch_size",
+              "align_temperature", "align_proj_size", "text_pooling", "align_valid_ratio"]
+BACKBONE_KEYS = ["embedding_size", "learning_rate", "train_batch_size", "epochs", "stopping_step",
+                 "weight_decay", "load_col", "numerical_features"]
+
+
+def split_items(n_items, valid_ratio, seed):
+    """Items 1..n-1 (0 is padding) shuffled with ``seed`` into (train, valid)."""
+    generator = torch.Generator().manual_seed(seed)
+    items = torch.randperm(n_items - 1, generator=generator) + 1
+    n_valid = max(1, int(round(valid_ratio * len(items))))
+    return items[n_valid:], items[:n_valid]
+
+
+class CELATrainer(Trainer):
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.cache = StageCache(config["cela_dir"] or os.path.join(config["checkpoint_dir"], "cela", config["dataset"]))
+        self.stage_report = {}
+
+    # ----------------------------------------------------------------------------- helpers
+    def _report(self, stage, start, cached, path, **info):
+        entry = {"time_s": round(time.time() - start, 2), "cached": cached, "artifact": path, **info}
+        self.stage_report[stage] = entry
+        state = "reused" if cached else "done"
+        self.logger.info(set_color(f"CELA stage [{stage}] {state}", "green") + f": {plain(entry)}")
+
+    def _keys(self, names):
+        return {k: plain(self.config[k]) for k in names}
+
+    def _text_setup(self, dataset):
+        encoder_path = resolve_encoder_path(self.config["text_encoder"])
+        self.tokenizer = load_tokenizer(encoder_path)
+        texts = item_texts(self.config, dataset)
+        start = time.time()
+        self.tokenized = TokenizedItems(self.tokenizer, texts, self.config["max_text_length"])
+        self.logger.info(
+            f"tokenised {len(texts)} item texts once in {time.time() - start:.1f}s "
+            f"(mean length {self.tokenized.lengths.float().mean():.1f} tokens); e.g. {texts[1]!r}"
+        )
+        base = {"data": data_fingerprint(self.config["data_path"], self.config["dataset"]),
+                "encoder": encoder_path, "text": self._keys(TEXT_KEYS)}
+        return encoder_path, base
+
+    def _loaders(self, prefix, seed):
+        train_items, valid_items = split_items(len(self.tokenized), self.config[f"{prefix}_valid_ratio"], seed)
+        batch = self.config[f"{prefix}_batch_size"]
+        return (ItemTextLoader(self.tokenized, train_items, batch, shuffle=True, seed=seed),
+                ItemTextLoader(self.tokenized, valid_items, batch, shuffle=False))
+
+    def _train_text_stage(self, stage, trainer_class, model, path, key, seed):
+        """Fit a text stage into a temporary folder, keep its best epoch, save it atomically."""
+        train_loader, valid_loader = self._loaders(stage, seed)
+        meta = {"stage": stage, "key": key}
+        with self.cache.writing(path, meta) as tmp:
+            trainer = trainer_class(self.config, model, os.path.join(tmp, "checkpoint.pth"))
+            before = trainer.diagnostics(valid_loader)
+            start = time.time()
+            trainer.fit(train_loader, valid_loader, saved=True, show_progress=self.config["show_progress"])
+            fit_time = time.time() - start
+            trainer.load_best()
+            after = trainer.diagnostics(valid_loader)
+            os.remove(trainer.saved_model_file)
+            model.encoder.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            epochs = len(trainer.train_loss_dict)
+            meta["report"] = plain({
+                "diagnostics_before": before,
+                "diagnostics_after": after,
+                "epochs": epochs,
+                "items_per_s": len(train_loader.items) * epochs / max(fit_time, 1e-9),
+            })
+        return meta["report"]
+
+    # ----------------------------------------------------------------------------- stages
+    def stage_dap(self, encoder_path, base):
+        key = fingerprint({**base, **self._keys(DAP_KEYS), "seed": self.config["seed"]})
+        path = self.cache.path("dap", key)
+        start = time.time()
+        if self.cache.is_complete(path):
+            self._report("dap", start, True, path, **self.cache.info(path).get("report", {}))
+            return path, key
+        model = DomainAdaptivePretraining(self.config, load_encoder(encoder_path, masked_lm=True), self.tokenizer)
+        info = self._train_text_stage("dap", DAPTrainer, model.to(self.device), path, key, self.config["seed"])
+        self._report("dap", start, False, path, **info)
+        return path, key
+
+    def stage_backbone(self, train_data, valid_data, base):
+        """The ID backbone, trained with RecBole's own Trainer (or loaded from the cache)."""
+        name = self.config["backbone"]
+        key = fingerprint({"data": base["data"], "backbone": name, "seed": self.config["seed"],
+                           **self._keys(BACKBONE_KEYS + self.config["backbone_keys"])})
+        path = self.cache.path("backbone", key)
+        start = time.time()
+        backbone = recbole_get_model(name)(self.config, train_data.dataset).to(self.device)
+        if not self.cache.is_complete(path):
+            with self.cache.writing(path, {"stage": "backbone", "key": key, "backbone": name}) as tmp:
+                trainer = Trainer(self.config, backbone)
+                trainer.saved_model_file = os.path.join(tmp, "checkpoint.pth")
+                score, result = trainer.fit(train_data, valid_data, saved=True, show_progress=self.config["show_progress"])
+                state = torch.load(trainer.saved_model_file, map_location="cpu")["state_dict"]
+                os.remove(trainer.saved_model_file)
+                atomic_torch_save({"state_dict": state, "valid": plain(dict(result or {}))}, os.path.join(tmp, "model.pth"))
+            cached = False
+        else:
+            cached = True
+        saved = torch.load(os.path.join(path, "model.pth"), map_location=self.device)
+        backbone.load_state_dict(saved["state_dict"])
+        self._report("backbone", start, cached, path, valid=saved["valid"])
+        return backbone, key
+
+    def stage_align(self, encoder_path, upstream_key, backbone, backbone_key, dataset):
+        key = fingerprint({"upstream": upstream_key, "backbone": backbone_key, **self._keys(ALIGN_KEYS),
+                           "seed": self.config["seed"]})
+        path = self.cache.path("align", key)
+        start = time.time()
+        if self.cache.is_complete(path):
+            self._report("align", start, True, path, **self.cache.info(path).get("report", {}))
+            return path, key
+        id_table = item_id_vectors(backbone, dataset).cpu()
+        model = ItemAlignment(self.config, load_encoder(encoder_path), id_table).to(self.device)
+        info = self._train_text_stage("align", AlignmentTrainer, model, path, key, self.config["seed"])
+        self._report("align", start, False, path, **info)
+        return path, key
+
+    def stage_table(self, encoder_path, upstream_key):
+        key = fingerprint({"upstream": upstream_key, "pooling": self.config["text_pooling"]})
+        path = self.cache.path("table", key)
+        start = time.time()
+        if not self.cache.is_complete(path):
+            with self.cache.writing(path, {"stage": "table", "key": key, "encoder": encoder_path}) as tmp:
+                encoder = load_encoder(encoder_path).to(self.device)
+                table = encode_items(encoder, self.tokenized, self.config["text_pooling"],
+                                     self.config["eval_text_batch_size"], self.device)
+                atomic_torch_save(table, os.path.join(tmp, "item_text.pt"))
+            cached = False
+        else:
+            cached = True
+        table = torch.load(os.path.join(path, "item_text.pt"), map_location="cpu")
+        n = len(self.tokenized)
+        self._report("table", start, cached, path, items=n,
+                     items_per_s=None if cached else n / max(time.time() - start, 1e-9))
+        return table
+
+    def prepare_text(self, train_data, valid_data):
+        """Stages 1 and 2 and the item table; returns (table, final encoder folder)."""
+        dataset = train_data.dataset
+        encoder_path, base = self._text_setup(dataset)
+        upstream_key = fingerprint(base)
+        if self.config["dap"]:
+            encoder_path, upstream_key = self.stage_dap(encoder_path, base)
+        if self.config["align"]:
+            backbone, backbone_key = self.stage_backbone(train_data, valid_data, base)
+            encoder_path, upstream_key = self.stage_align(encoder_path, upstream_key, backbone, backbone_key, dataset)
+        return self.stage_table(encoder_path, upstream_key), encoder_path
+
+    # ----------------------------------------------------------------------------- stage 3
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        if self.config["use_text"]:
+            table, encoder_path = self.prepare_text(train_data, valid_data)
+            self.model.set_text_table(table)
+            if self.config["finetune_encoder"]:
+                self.model.attach_encoder(load_encoder(encoder_path).to(self.device), self.tokenized)
+                self.optimizer = self._build_optimizer()
+        start = time.time()
+        result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        self.stage_report["fusion"] = {"time_s": round(time.time() - start, 2), "cached": False}
+        return result

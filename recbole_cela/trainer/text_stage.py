@@ -1,0 +1,55 @@
+"""Base of the text stages' trainers: RecBole's ``Trainer`` over batches of item texts.
+
+RecBole's ``Trainer`` does the epoch loop, progress bars, loss logging, early stopping and
+checkpointing; a text stage only changes what "validation" means (the stage's loss on held-out
+items, lower is better) and reads its own epochs / learning rate / batch size from prefixed
+keys (``dap_epochs``, ``align_learning_rate``, ...).
+"""
+
+import copy
+
+import torch
+from recbole.trainer import Trainer
+
+
+def stage_config(config, prefix, **extra):
+    """A copy of ``config`` whose generic training keys take the stage's prefixed values."""
+    stage = copy.copy(config)
+    stage.final_config_dict = dict(config.final_config_dict)
+    for key in ("epochs", "learning_rate", "stopping_step"):
+        stage.final_config_dict[key] = config[f"{prefix}_{key}"]
+    stage.final_config_dict.update(
+        {"eval_step": 1, "weight_decay": 0.0, "clip_grad_norm": {"max_norm": 1.0}, "learner": "adamw"}
+    )
+    stage.final_config_dict.update(extra)
+    return stage
+
+
+class TextStageTrainer(Trainer):
+    valid_in_train_mode = False  # True where the loss itself needs dropout (SimCSE)
+
+    def __init__(self, config, model, prefix, checkpoint_file):
+        super().__init__(stage_config(config, prefix, model=f"CELA-{prefix}"), model)
+        self.saved_model_file = checkpoint_file
+
+    @torch.no_grad()
+    def valid_loss(self, valid_data):
+        """Mean loss over held-out items (the model stays in train mode where the loss needs
+        dropout, e.g. SimCSE; no gradient is kept)."""
+        self.model.train(self.valid_in_train_mode)
+        total, n = 0.0, 0
+        for batch in valid_data:
+            losses = self.model.calculate_loss(batch.to(self.device))
+            loss = sum(losses) if isinstance(losses, tuple) else losses
+            total += float(loss) * len(batch)
+            n += len(batch)
+        return total / max(n, 1)
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        loss = self.valid_loss(valid_data)
+        return -loss, {"valid_loss": round(loss, 4)}
+
+    def load_best(self):
+        """Load the best epoch's weights back (a checkpoint this trainer wrote)."""
+        checkpoint = torch.load(self.saved_model_file, map_location=self.device)
+        self.model.load_state_dict(checkpoint["state_dict"])
