@@ -1,0 +1,535 @@
+"""Tests of recbole_cela.data.convert: the CTR protocol, the file formats, skipping, bad input."""
+
+import csv
+import gzip
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recbole_cela.data.convert import DataPreparationError, prepare_dataset
+
+REPO = Path(__file__).parents[1]
+AMAZON_SPORTS = REPO.parent / "shared/data/amazon-sports"  # real data, read in place
+INTER_HEADER = "user_id:token\titem_id:token\tlabel:float\titem_id_list:token_seq"
+SPLITS = ("train", "valid", "test")
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers and fixtures
+# --------------------------------------------------------------------------------------------
+
+
+def read_split(folder, dataset, split):
+    """A written .inter file as a DataFrame of strings (header checked)."""
+    path = Path(folder) / f"{dataset}.{split}.inter"
+    with open(path, encoding="utf-8") as f:
+        assert f.readline().rstrip("\n") == INTER_HEADER
+    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE)
+    return table.set_axis(["user", "item", "label", "history"], axis=1)
+
+
+def positives(table):
+    """(user, item, history) of the positive rows, in file order."""
+    rows = table[table["label"] == "1"]
+    return list(zip(rows["user"], rows["item"], rows["history"]))
+
+
+def snapshot(folder):
+    """{file name: bytes} of a folder."""
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir())}
+
+
+def write_sequence(folder, sequences, texts):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "user_sequence.txt").write_text("".join(line + "\n" for line in sequences))
+    (folder / "item_text.tsv").write_text("".join(line + "\n" for line in texts))
+    return folder
+
+
+SEQUENCES = ["u1 i1 i2 i3 i4", "u2 i2 i3", "u3 i5", "u4 i1 i3 i5"]
+TEXTS = [
+    "i1\tRed ball",
+    "i2\tBlue &amp; green\tbat",  # HTML entity, inner tab
+    "i3\t  Two-person   tent ",
+    "i4\tRunning shoe",
+    "i5\tGolf glove 12\" size",  # a double quote
+    "i6\tUnused hat",  # in no sequence
+]
+
+
+@pytest.fixture
+def sequence_source(tmp_path):
+    return write_sequence(tmp_path / "raw", SEQUENCES, TEXTS)
+
+
+def write_gz_lines(path, lines):
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in lines))
+
+
+def review(user, item, when):
+    return json.dumps({"reviewerID": user, "asin": item, "unixReviewTime": when, "overall": 5.0})
+
+
+# Reviews out of chronological order, with a tie (A2: 'b' and 'c' both at 200, file order wins).
+REVIEWS = [
+    review("A1", "c", 300),
+    review("A1", "a", 100),
+    review("A2", "b", 200),
+    review("A1", "b", 200),
+    review("A2", "c", 200),
+    review("A2", "a", 100),
+    review("A3", "d", 50),
+]
+
+
+@pytest.fixture
+def amazon2014_source(tmp_path):
+    folder = tmp_path / "raw2014"
+    folder.mkdir()
+    write_gz_lines(folder / "reviews_Sports_and_Outdoors_5.json.gz", REVIEWS)
+    meta = [
+        {"asin": "a", "title": "Camp  Stove", "price": 10.0, "brand": "Coleman",
+         "categories": [["Sports & Outdoors", "Outdoor Recreation"],
+                        ["Sports & Outdoors", "Camping, Hiking"]],
+         "description": "Burns &amp; boils\nfast"},
+        {"asin": "b", "title": "Tent", "price": 30.0, "categories": [["Sports & Outdoors"]]},
+        {"asin": "c", "title": "Lamp", "price": 20.0, "brand": "Black Diamond", "categories": []},
+        {"asin": "d", "title": "Rope"},  # no price
+        {"asin": "zz", "title": "Never reviewed", "price": 1000.0},
+    ]
+    write_gz_lines(folder / "meta_Sports_and_Outdoors.json.gz", [repr(m) for m in meta])
+    return folder
+
+
+@pytest.fixture
+def amazon2018_source(tmp_path):
+    folder = tmp_path / "raw2018"
+    folder.mkdir()
+    write_gz_lines(folder / "Sports_and_Outdoors_5.json.gz", REVIEWS)
+    meta = [
+        {"asin": "a", "title": "Camp Stove", "description": ["Burns", "fast &amp; clean"],
+         "brand": "Coleman", "category": ["Sports &amp; Outdoors", "Camping"], "price": "$10.00"},
+        {"asin": "b", "title": "Tent", "description": [], "category": [], "price": "$1,030.00"},
+        {"asin": "c", "title": "Lamp", "price": "$20.00 - $40.00"},  # a range: missing
+        {"asin": "d", "title": "Rope", "price": ""},
+    ]
+    write_gz_lines(folder / "meta_Sports_and_Outdoors.json.gz", [json.dumps(m) for m in meta])
+    return folder
+
+
+RECBOLE_INTER = [
+    "user_id:token\titem_id:token\trating:float\ttimestamp:float",
+    "7\t30\t5\t300",
+    "7\t10\t2\t100",
+    "7\t20\t4\t200",
+    "7\t40\t3\t200",  # tie with item 20: file order
+    "8\t10\t4\t10",
+    "8\t30\t1\t20",
+    "9\t20\t5\t1",
+]
+RECBOLE_ITEM = [
+    "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq",
+    "10\tToy Story\t1995\tAnimation Comedy",
+    "20\tHeat\t1995\tAction",
+    "30\tFargo\t1996\tCrime Drama",
+    "40\tAlien\t1979\tHorror",
+    "50\tNever rated\t2000\tDrama",
+]
+RECBOLE_USER = ["user_id:token\tage:token", "7\t24", "8\t53", "9\t30"]
+
+
+@pytest.fixture
+def recbole_source(tmp_path):
+    folder = tmp_path / "rawrb"
+    folder.mkdir()
+    for suffix, lines in [("inter", RECBOLE_INTER), ("item", RECBOLE_ITEM), ("user", RECBOLE_USER)]:
+        (folder / f"tiny.{suffix}").write_text("".join(line + "\n" for line in lines))
+    return folder
+
+
+def random_sequences(n_users, n_items, seed=0):
+    """Sequences of 1..12 distinct items of ``n_items``, and their item texts."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for user in range(n_users):
+        items = rng.choice(n_items, size=rng.integers(1, 13), replace=False)
+        lines.append(f"u{user} " + " ".join(f"i{i}" for i in items))
+    return lines, [f"i{i}\titem {i}" for i in range(n_items)]
+
+
+# --------------------------------------------------------------------------------------------
+# The CTR protocol
+# --------------------------------------------------------------------------------------------
+
+
+def test_sequence_samples_exact(sequence_source, tmp_path):
+    folder = prepare_dataset("tiny", "sequence", str(sequence_source), str(tmp_path / "out"))
+    assert folder == str(tmp_path / "out" / "tiny")
+    train, valid, test = (read_split(folder, "tiny", s) for s in SPLITS)
+    # u1: 3 samples (train, valid, test); u2: 2 interactions -> test only; u3: nothing; u4: 2.
+    assert positives(train) == [("u1", "i2", "i1")]
+    assert positives(valid) == [("u1", "i3", "i1 i2"), ("u4", "i3", "i1")]
+    assert positives(test) == [("u1", "i4", "i1 i2 i3"), ("u2", "i3", "i2"), ("u4", "i5", "i1 i3")]
+    for table in (train, valid, test):
+        # each negative follows its positive, with the same user and history
+        assert list(table["label"]) == ["1", "0"] * (len(table) // 2)
+        pos, neg = table.iloc[0::2].reset_index(drop=True), table.iloc[1::2].reset_index(drop=True)
+        assert (pos[["user", "history"]] == neg[["user", "history"]]).all().all()
+    # negatives come from the items of the interactions (i1..i5) the user never had
+    user_items = {line.split()[0]: set(line.split()[1:]) for line in SEQUENCES}
+    for table in (train, valid, test):
+        for user, item in zip(table["user"][1::2], table["item"][1::2]):
+            assert item in {"i1", "i2", "i3", "i4", "i5"} - user_items[user]
+    assert set(train["item"][1::2]) | set(test[test["user"] == "u1"]["item"][1::2]) == {"i5"}
+
+    item_lines = (Path(folder) / "tiny.item").read_text().splitlines()
+    assert item_lines == [
+        "item_id:token\ttitle:token_seq",
+        "i1\tRed ball",
+        "i2\tBlue & green bat",
+        "i3\tTwo-person tent",
+        "i4\tRunning shoe",
+        "i5\tGolf glove 12'' size",
+    ]
+    assert not (Path(folder) / "tiny.user").exists()
+    stamp = json.loads((Path(folder) / "tiny.prep.json").read_text())
+    assert stamp["counts"]["samples"] == {"train": 2, "valid": 4, "test": 6}
+    assert stamp["counts"]["users"] == 3 and stamp["counts"]["items"] == 5
+
+
+def test_negatives_random_data_and_seed(tmp_path):
+    sequences, texts = random_sequences(300, 40)
+    source = write_sequence(tmp_path / "raw", sequences, texts)
+    first = prepare_dataset("r", "sequence", str(source), str(tmp_path / "a"), seed=7)
+    again = prepare_dataset("r", "sequence", str(source), str(tmp_path / "b"), seed=7)
+    other = prepare_dataset("r", "sequence", str(source), str(tmp_path / "c"), seed=8)
+
+    user_items = {line.split()[0]: set(line.split()[1:]) for line in sequences}
+    n_positives = sum(len(items) - 1 for items in user_items.values())
+    tables = [read_split(first, "r", s) for s in SPLITS]
+    assert sum(len(t) for t in tables) == 2 * n_positives
+    for table in tables:
+        negatives = table[table["label"] == "0"]
+        assert not any(i in user_items[u] for u, i in zip(negatives["user"], negatives["item"]))
+    assert len(set(pd.concat(tables)["item"][1::2])) > 20  # spread over the items
+
+    def inter_files(folder):
+        return {k: v for k, v in snapshot(folder).items() if k.endswith(".inter")}
+
+    assert inter_files(first) == inter_files(again)  # deterministic under the seed
+    assert inter_files(first) != inter_files(other)
+
+
+def test_history_is_capped(sequence_source, tmp_path):
+    write_sequence(sequence_source, ["u1 i1 i2 i3 i4 i5", "u2 i2 i3", "u3 i6"], TEXTS)
+    folder = prepare_dataset("tiny", "sequence", str(sequence_source), str(tmp_path), max_history=2)
+    samples = [row for s in SPLITS for row in positives(read_split(folder, "tiny", s))]
+    assert samples == [
+        ("u1", "i2", "i1"),
+        ("u1", "i3", "i1 i2"),
+        ("u1", "i4", "i2 i3"),
+        ("u1", "i5", "i3 i4"),
+        ("u2", "i3", "i2"),
+    ]
+    assert [s[1] for s in positives(read_split(folder, "tiny", "test"))] == ["i5", "i3"]
+
+
+def test_amazon2014(amazon2014_source, tmp_path):
+    folder = prepare_dataset("az", "amazon2014", str(amazon2014_source), str(tmp_path))
+    # by time, ties in file order: A1 a(100) b(200) c(300); A2 a(100) b(200) c(200); A3 alone
+    assert positives(read_split(folder, "az", "train")) == []
+    assert positives(read_split(folder, "az", "valid")) == [("A1", "b", "a"), ("A2", "b", "a")]
+    assert positives(read_split(folder, "az", "test")) == [("A1", "c", "a b"), ("A2", "c", "a b")]
+    for split in ("valid", "test"):  # A1 and A2 had a, b, c: the only negative is d
+        assert list(read_split(folder, "az", split)["item"][1::2]) == ["d", "d"]
+
+    item = pd.read_csv(Path(folder) / "az.item", sep="\t", dtype=str, keep_default_na=False)
+    assert list(item.columns) == [
+        "item_id:token", "title:token_seq", "description:token_seq", "brand:token",
+        "categories:token_seq", "price:float",
+    ]
+    assert item.values.tolist() == [
+        ["a", "Camp Stove", "Burns & boils fast", "Coleman",
+         "Sports_Outdoors Outdoor_Recreation Camping_Hiking", "0.0"],
+        ["b", "Tent", "", "", "Sports_Outdoors", "1.0"],
+        ["c", "Lamp", "", "Black Diamond", "", "0.5"],
+        ["d", "Rope", "", "", "", ""],
+    ]
+
+
+def test_amazon2018(amazon2018_source, tmp_path):
+    folder = prepare_dataset("az", "amazon2018", str(amazon2018_source), str(tmp_path))
+    assert positives(read_split(folder, "az", "test")) == [("A1", "c", "a b"), ("A2", "c", "a b")]
+    item = pd.read_csv(Path(folder) / "az.item", sep="\t", dtype=str, keep_default_na=False)
+    assert item.values.tolist() == [
+        ["a", "Camp Stove", "Burns fast & clean", "Coleman", "Sports_Outdoors Camping", "0.0"],
+        ["b", "Tent", "", "", "", "1.0"],
+        ["c", "Lamp", "", "", "", ""],
+        ["d", "Rope", "", "", "", ""],
+    ]
+
+
+def test_recbole_explicit(recbole_source, tmp_path):
+    folder = prepare_dataset(
+        "tiny", "recbole", str(recbole_source), str(tmp_path), rating_threshold=4
+    )
+    tables = {s: read_split(folder, "tiny", s) for s in SPLITS}
+    rows = {s: list(zip(t["user"], t["item"], t["label"], t["history"])) for s, t in tables.items()}
+    # user 7 by time: 10(2) 20(4) 40(3, tie with 20: file order) 30(5); no negatives
+    assert rows["train"] == [("7", "20", "1", "10")]
+    assert rows["valid"] == [("7", "40", "0", "10 20")]
+    assert rows["test"] == [("7", "30", "1", "10 20 40"), ("8", "30", "0", "10")]
+    assert (Path(folder) / "tiny.user").read_bytes() == (recbole_source / "tiny.user").read_bytes()
+    assert (Path(folder) / "tiny.item").read_text().splitlines() == RECBOLE_ITEM[:5]
+
+
+# --------------------------------------------------------------------------------------------
+# Skipping and atomic writes
+# --------------------------------------------------------------------------------------------
+
+
+def test_skipped_when_unchanged(sequence_source, tmp_path):
+    out = str(tmp_path / "out")
+    folder = Path(prepare_dataset("tiny", "sequence", str(sequence_source), out))
+    stamp = folder / "tiny.prep.json"
+
+    def mtimes():
+        return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+    before = mtimes()
+    time.sleep(0.01)
+    prepare_dataset("tiny", "sequence", str(sequence_source), out)
+    assert mtimes() == before  # nothing rewritten
+
+    prepare_dataset("tiny", "sequence", str(sequence_source), out, max_history=1)
+    changed = mtimes()
+    assert all(changed[name] > before[name] for name in before)  # a changed setting rewrites
+
+    prepare_dataset("tiny", "sequence", str(sequence_source), out, max_history=1, force=True)
+    assert mtimes()["tiny.train.inter"] > changed["tiny.train.inter"]
+
+    # a newer input file, or a missing stamp, rewrites too
+    future = time.time() + 100
+    os.utime(sequence_source / "item_text.tsv", (future, future))
+    prepare_dataset("tiny", "sequence", str(sequence_source), out, max_history=1)
+    assert json.loads(stamp.read_text())["settings"]["max_history"] == 1
+    assert (folder / "tiny.train.inter").stat().st_mtime_ns > changed["tiny.train.inter"]
+    os.utime(sequence_source / "item_text.tsv", (0, 0))
+    stamp.unlink()
+    last = mtimes()
+    prepare_dataset("tiny", "sequence", str(sequence_source), out, max_history=1)
+    assert stamp.exists() and mtimes()["tiny.test.inter"] > last["tiny.test.inter"]
+
+
+def test_errors_leave_outputs_untouched(sequence_source, tmp_path):
+    folder = prepare_dataset("tiny", "sequence", str(sequence_source), str(tmp_path / "out"))
+    before = snapshot(folder)
+    assert not [name for name in before if name.startswith(".") or name.endswith(".tmp")]
+
+    # now the input is bad: over max_bad_ratio the conversion fails and writes nothing
+    write_sequence(sequence_source, SEQUENCES + ["u9"] * 3, TEXTS)
+    with pytest.raises(DataPreparationError, match="user without items: 3"):
+        prepare_dataset("tiny", "sequence", str(sequence_source), str(tmp_path / "out"))
+    assert snapshot(folder) == before  # byte-identical, no temporary files left
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------------------------
+
+
+def test_missing_files(tmp_path):
+    with pytest.raises(DataPreparationError) as error:
+        prepare_dataset("s", "sequence", str(tmp_path / "nowhere"), str(tmp_path))
+    message = str(error.value)
+    assert "user_sequence.txt" in message and "item_text.tsv" in message
+    assert str(tmp_path / "nowhere") in message and "does not exist" in message
+
+    for source_format in ("amazon2014", "amazon2018"):
+        with pytest.raises(DataPreparationError) as error:
+            prepare_dataset("s", source_format, str(tmp_path), str(tmp_path / "out"))
+        message = str(error.value)
+        assert str(tmp_path) in message
+        for name in ("reviews_Sports_and_Outdoors_5.json.gz", "meta_Sports_and_Outdoors.json.gz",
+                     "'Sports_and_Outdoors_5.json.gz'", "McAuley"):
+            assert name in message
+
+    write_gz_lines(tmp_path / "reviews_Toys_5.json.gz", REVIEWS)
+    with pytest.raises(DataPreparationError, match="meta_Toys.json.gz"):
+        prepare_dataset("s", "amazon2014", str(tmp_path), str(tmp_path / "out"))
+
+    with pytest.raises(DataPreparationError, match=r"'s\.inter'"):
+        prepare_dataset("s", "recbole", str(tmp_path), str(tmp_path / "out"))
+    with pytest.raises(DataPreparationError, match="recbole, sequence, amazon2014, amazon2018"):
+        prepare_dataset("s", "csv", str(tmp_path), str(tmp_path / "out"))
+    with pytest.raises(DataPreparationError, match="source_path"):
+        prepare_dataset("s", "sequence", None, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_malformed_sequence_lines(sequence_source, tmp_path, caplog):
+    write_sequence(
+        sequence_source,
+        SEQUENCES + ["u9", "u1 i1 i2", "u5 i1 i7 i2"],  # no items; duplicate user; unknown i7
+        TEXTS + ["i8\t   ", "no tab here"],  # empty text; malformed
+    )
+    args = ("tiny", "sequence", str(sequence_source), str(tmp_path))
+    with pytest.raises(DataPreparationError) as error:
+        prepare_dataset(*args)
+    message = str(error.value)
+    assert "max_bad_ratio=0.01" in message and "Nothing was written" in message
+    assert not (tmp_path / "tiny").exists()
+    for report in (
+        "user without items: 1 (first at user_sequence.txt:5)",
+        "duplicate user line: 1 (first at user_sequence.txt:6)",
+        "unknown item in sequence: 1 (first at user_sequence.txt:7)",
+        "empty text: 1 (first at item_text.tsv:7)",
+        "malformed line: 1 (first at item_text.tsv:8)",
+    ):
+        assert report in message
+
+    with caplog.at_level(logging.WARNING):
+        folder = prepare_dataset(*args, max_bad_ratio=0.5)
+    assert "unknown item in sequence: 1" in caplog.text
+    test = read_split(folder, "tiny", "test")
+    assert ("u5", "i2", "i1") in positives(test)  # i7 dropped from the sequence
+    stamp = json.loads((Path(folder) / "tiny.prep.json").read_text())
+    assert stamp["counts"]["skipped_input_entries"]["user without items"] == 1
+
+
+def test_malformed_amazon_lines(amazon2014_source, tmp_path, caplog):
+    reviews = amazon2014_source / "reviews_Sports_and_Outdoors_5.json.gz"
+    write_gz_lines(reviews, REVIEWS + ["{not json", review("A3", "x", 60), '{"asin": "a"}'])
+    meta = amazon2014_source / "meta_Sports_and_Outdoors.json.gz"
+    with gzip.open(meta, "rt") as f:
+        lines = f.read().splitlines()
+    write_gz_lines(meta, lines + ["{'asin': 'x', 'title': 'broken"])
+    with pytest.raises(DataPreparationError) as error:
+        prepare_dataset("az", "amazon2014", str(amazon2014_source), str(tmp_path))
+    message = str(error.value)
+    reviews, meta = "reviews_Sports_and_Outdoors_5.json.gz", "meta_Sports_and_Outdoors.json.gz"
+    assert f"malformed line: 3 (first at {reviews}:8, {reviews}:10, {meta}:6)" in message
+    assert f"item in reviews with no meta: 1 (first at {reviews}:9)" in message
+
+    with caplog.at_level(logging.WARNING):
+        folder = prepare_dataset(
+            "az", "amazon2014", str(amazon2014_source), str(tmp_path), max_bad_ratio=0.5
+        )
+    assert "item in reviews with no meta: 1" in caplog.text
+    # A3 keeps only d: no samples; x is not an item
+    assert "x" not in (Path(folder) / "az.item").read_text().split()
+
+
+def test_malformed_recbole_lines(recbole_source, tmp_path):
+    path = recbole_source / "tiny.inter"
+    path.write_text(path.read_text() + "7\t50\tgood\t400\n8\t50\n")
+    expected = r"malformed line: 2 \(first at tiny\.inter:9, tiny\.inter:10\)"
+    with pytest.raises(DataPreparationError, match=expected):
+        prepare_dataset("tiny", "recbole", str(recbole_source), str(tmp_path))
+
+
+def test_output_folder_is_not_the_source(tmp_path):
+    source = tmp_path / "tiny"  # <data_path>/<dataset> would be the source folder itself
+    source.mkdir()
+    (source / "tiny.inter").write_text("".join(line + "\n" for line in RECBOLE_INTER))
+    before = snapshot(source)
+    with pytest.raises(DataPreparationError, match="overwrite the raw ones"):
+        prepare_dataset("tiny", "recbole", str(source), str(tmp_path))
+    (tmp_path / "link").mkdir()
+    (tmp_path / "link" / "tiny").symlink_to(source)
+    with pytest.raises(DataPreparationError, match="overwrite the raw ones"):
+        prepare_dataset("tiny", "recbole", str(source), str(tmp_path / "link"))
+    assert snapshot(source) == before
+
+
+def test_user_with_every_item(sequence_source, tmp_path):
+    write_sequence(sequence_source, ["u1 i1 i2 i3", "u2 i1 i2"], TEXTS)
+    with pytest.raises(DataPreparationError, match="User 'u1' .* interacted with all 3 items"):
+        prepare_dataset("tiny", "sequence", str(sequence_source), str(tmp_path))
+
+
+# --------------------------------------------------------------------------------------------
+# RecBole reads the output
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["DeepFM", "DIN"])
+def test_recbole_reads_the_benchmark_files(tmp_path, model):
+    import recbole_cela  # noqa: F401  (RecBole compatibility fixes)
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+
+    sequences, texts = random_sequences(60, 30)
+    source = write_sequence(tmp_path / "raw", sequences, texts)
+    prepare_dataset("tiny", "sequence", str(source), str(tmp_path / "data"))
+    config = Config(
+        model=model,
+        dataset="tiny",
+        config_file_list=[str(REPO / "dataset_configs" / "amazon-sports.yaml")],
+        config_dict={"data_path": str(tmp_path / "data"), "use_gpu": False,
+                     "checkpoint_dir": str(tmp_path / "saved"), "show_progress": False},
+    )
+    dataset = create_dataset(config)
+    splits = data_preparation(config, dataset)
+    for split, loader in zip(SPLITS, splits):
+        assert len(loader.dataset) == len(read_split(tmp_path / "data" / "tiny", "tiny", split))
+    fields = set(splits[2].dataset.inter_feat.interaction)
+    assert {"user_id", "item_id", "label", "item_id_list"} <= fields
+    assert ("item_length" in fields) == (model == "DIN")
+
+
+# --------------------------------------------------------------------------------------------
+# Real data
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not AMAZON_SPORTS.is_dir(), reason=f"real data not found at {AMAZON_SPORTS}")
+def test_real_amazon_sports(tmp_path):
+    start = time.time()
+    folder = prepare_dataset("amazon-sports", "sequence", str(AMAZON_SPORTS), str(tmp_path))
+    print(f"amazon-sports converted in {time.time() - start:.1f}s")  # shown with -s / -rA
+    counts = json.loads((Path(folder) / "amazon-sports.prep.json").read_text())["counts"]
+    assert counts["users"] == 35598 and counts["items"] == 18357
+    assert counts["interactions"] == 296337
+    # every user has >= 5 interactions: one test and one valid positive each, the rest train
+    n_train = 296337 - 3 * 35598  # interactions - (first, valid, test) of each user
+    assert counts["samples"] == {"train": 2 * n_train, "valid": 2 * 35598, "test": 2 * 35598}
+    assert counts["skipped_input_entries"] == {}
+
+    test = read_split(folder, "amazon-sports", "test")
+    assert (test["label"] == "1").sum() == 35598 and (test["label"] == "0").sum() == 35598
+    parts = pd.Series((AMAZON_SPORTS / "user_sequence.txt").read_text().splitlines()).str.split()
+    seen = set(zip(parts.str[0].repeat(parts.str.len() - 1), parts.str[1:].explode()))
+    negatives = pd.concat(read_split(folder, "amazon-sports", s) for s in SPLITS)
+    negatives = negatives[negatives["label"] == "0"]
+    assert not seen.intersection(zip(negatives["user"], negatives["item"]))
+    # the test positive is the user's last item; its history the 20 before it
+    last = dict(zip(parts.str[0], parts.str[-1]))
+    history = dict(zip(parts.str[0], parts.str[1:].str[-21:-1].str.join(" ")))
+    test_pos = test[test["label"] == "1"]
+    assert all(last[u] == i for u, i in zip(test_pos["user"], test_pos["item"]))
+    assert all(history[u] == h for u, h in zip(test_pos["user"], test_pos["history"]))
+
+
+@pytest.mark.slow
+def test_real_ml_100k(tmp_path):
+    folder = prepare_dataset("ml-100k", "recbole", None, str(tmp_path))
+    counts = json.loads((Path(folder) / "ml-100k.prep.json").read_text())["counts"]
+    assert counts["users"] == 943 and counts["items"] == 1682 and counts["interactions"] == 100000
+    assert counts["samples"] == {"train": 97171, "valid": 943, "test": 943}
+    test = read_split(folder, "ml-100k", "test")
+    assert set(test["label"]) == {"0", "1"}
+    # every user has >= 20 ratings: 19 or 20 items before the last one
+    assert set(test["history"].str.split().str.len()) == {19, 20}
+    assert {p.name for p in Path(folder).iterdir()} == {
+        f"ml-100k.{s}" for s in ("train.inter", "valid.inter", "test.inter", "item", "user")
+    } | {"ml-100k.prep.json"
+    }
