@@ -56,12 +56,12 @@ def _numpy_compatibility_settings(self):
 
 def plain(value):
     """Convert a config value to something ``torch.load(weights_only=True)`` accepts."""
+    if isinstance(value, np.generic):  # before float: np.float64 subclasses float
+        return value.item()
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, enum.Enum):
         return value.name
-    if isinstance(value, np.generic):
-        return value.item()
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set)):

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
-from recbole.utils import get_environment, init_logger, init_seed, set_color
+from recbole.utils import get_environment, init_logger, set_color
 
 import recbole_cela  # noqa: F401  (applies the compatibility fixes)
 from recbole_cela.compat import plain
@@ -34,6 +34,7 @@ from recbole_cela.utils import (
     dataset_config_file,
     get_model,
     get_trainer,
+    init_seed,
     known_datasets,
     props_file,
     recbole_props_file,

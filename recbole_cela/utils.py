@@ -46,7 +46,7 @@ def get_model(name):
         return models[name]
     try:
         return recbole_get_model(name)
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, ImportError):
         raise PluginConfigError(
             f"Unknown model '{name}'. Available CTR models: "
             + ", ".join(sorted(models) + recbole_ctr_models())
@@ -94,3 +94,18 @@ def known_datasets():
 
 def is_sequential(model_class):
     return getattr(model_class, "type", None) == ModelType.SEQUENTIAL
+
+
+def init_seed(seed, reproducibility):
+    """RecBole's ``init_seed``, plus deterministic CPU/GPU kernels when ``reproducibility``.
+
+    RecBole only pins cuDNN; on a multi-threaded CPU the gradient scatter of embedding lookups
+    still sums in a varying order, so runs with one seed drift apart by ~1e-3. Asking torch for
+    deterministic algorithms makes a seed give the same predictions (warn-only where a kernel
+    has no deterministic version).
+    """
+    import torch
+    from recbole.utils import init_seed as recbole_init_seed
+
+    recbole_init_seed(seed, reproducibility)
+    torch.use_deterministic_algorithms(bool(reproducibility), warn_only=True)

@@ -36,24 +36,45 @@ class ItemTextProjection(nn.Module):
         self.register_buffer("text_table", torch.zeros(n_items, text_dim))
         self.proj = projection_head(text_dim, fields * embedding_size)
         self.encoder_fn = None  # end-to-end variant: computes rows of the table on the fly
+        self._projected = None
 
     def set_table(self, table):
         if table.shape != self.text_table.shape:
             raise ValueError(f"text table of shape {tuple(table.shape)}, expected {tuple(self.text_table.shape)}")
         self.text_table.copy_(table)
+        self._projected = None
 
-    def forward(self, items):
-        """[...] item ids -> [..., fields, embedding_size]."""
-        if self.encoder_fn is not None and self.training:
-            unique, inverse = torch.unique(items, return_inverse=True)
-            vectors = self.encoder_fn(unique)[inverse]
-        else:
-            vectors = self.text_table[items]
+    def train(self, mode=True):
+        self._projected = None  # the eval-time cache is stale as soon as training resumes
+        return super().train(mode)
+
+    def _project(self, vectors):
         if self.normalize:
             vectors = F.normalize(vectors, dim=-1)
-        out = self.proj(vectors)
-        return out.view(*items.shape, self.fields, self.embedding_size)
+        return self.proj(vectors)
 
+    def forward(self, items):
+        """[...] item ids -> [..., fields, embedding_size].
+
+        Training projects each distinct item of the batch once (a batch repeats items across
+        its histories); evaluation projects the whole table once and then only gathers rows,
+        so scoring costs the backbone's lookups plus one gather.
+        """
+        if self.training:
+            unique, inverse = torch.unique(items, return_inverse=True)
+            if self.encoder_fn is not None:
+                vectors = self.encoder_fn(unique)
+            else:
+                vectors = self.text_table[unique]
+            out = self._project(vectors)[inverse]
+        else:
+            if self._projected is None:
+                if self.encoder_fn is not None:  # end to end: re-encode with the trained encoder
+                    all_items = torch.arange(len(self.text_table), device=self.text_table.device)
+                    self.text_table.copy_(torch.cat([self.encoder_fn(c) for c in all_items.split(256)]))
+                self._projected = self._project(self.text_table)
+            out = self._projected[items]
+        return out.view(*items.shape, self.fields, self.embedding_size)
 
 def _text_projection(config, dataset):
     return ItemTextProjection(

@@ -1,8 +1,9 @@
 """Cache of CELA's stage artifacts under ``saved/``, keyed by what produced them.
 
 A stage's folder is ``<root>/<stage>-<key>``, where the key hashes the data fingerprint, the
-settings the stage reads and the keys of the stages it builds on: a changed setting gives a new
-key for that stage and every stage after it, so exactly the affected stages re-run. A stage
+settings the stage reads and the *run id* of the artifacts it builds on: a changed setting gives
+a new key for that stage and so for every stage after it, and a re-made upstream artifact
+invalidates everything built on the old one, so exactly the affected stages re-run. A stage
 writes into a temporary sibling folder, puts ``stage.json`` in it last and renames it into place:
 a killed stage leaves only a ``.tmp-*`` folder, which is never trusted (and is cleared by the
 next run of that stage).
@@ -13,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import uuid
 
 MARKER = "stage.json"
 
@@ -42,6 +44,10 @@ class StageCache:
         return os.path.isfile(os.path.join(path, MARKER))
 
     @staticmethod
+    def run_id(path):
+        return StageCache.info(path)["run_id"]
+
+    @staticmethod
     def info(path):
         with open(os.path.join(path, MARKER)) as f:
             return json.load(f)
@@ -57,6 +63,7 @@ class StageCache:
         os.makedirs(tmp)
         try:
             yield tmp
+            info["run_id"] = uuid.uuid4().hex  # downstream stages key on this run, not on settings only
             with open(os.path.join(tmp, MARKER), "w") as f:
                 json.dump(info, f, indent=2, default=str)
             if os.path.isdir(path):  # an incomplete folder (no marker) from an older version

@@ -106,3 +106,28 @@ def autocast(device):
     """bf16 autocast for the text stages on a GPU; a no-op on CPU."""
     enabled = torch.device(device).type == "cuda"
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def transformer_layers(model):
+    """The list of transformer blocks of a BERT/RoBERTa-like or DistilBERT-like encoder."""
+    base = base_model(model)
+    for owner in ("encoder", "transformer"):
+        layers = getattr(getattr(base, owner, None), "layer", None)
+        if layers is not None:
+            return layers
+    raise TextEncoderError(f"Cannot find the transformer layers of {type(base).__name__}.")
+
+
+def freeze_below(model, trainable_layers):
+    """Train only the top ``trainable_layers`` blocks (and any head); -1 trains everything.
+
+    Freezing the embeddings and the lower blocks removes most of the backward pass and of the
+    optimizer's work: the main lever for running the text stages on a CPU.
+    """
+    if trainable_layers is None or trainable_layers < 0:
+        return model
+    layers = transformer_layers(model)
+    keep = {id(p) for layer in list(layers)[len(layers) - trainable_layers :] for p in layer.parameters()}
+    for p in base_model(model).parameters():
+        p.requires_grad_(id(p) in keep)
+    return model

@@ -24,12 +24,13 @@ from recbole_cela.model.alignment import ItemAlignment
 from recbole_cela.model.dap import DomainAdaptivePretraining
 from recbole_cela.model.fusion import item_id_vectors
 from recbole_cela.text.cache import StageCache, data_fingerprint, fingerprint
-from recbole_cela.text.encoder import load_encoder, load_tokenizer, resolve_encoder_path
+from recbole_cela.text.encoder import freeze_below, load_encoder, load_tokenizer, resolve_encoder_path
 from recbole_cela.text.items import ItemTextLoader, TokenizedItems, encode_items, item_texts
 from recbole_cela.trainer.alignment_trainer import AlignmentTrainer
 from recbole_cela.trainer.dap_trainer import DAPTrainer
+from recbole_cela.utils import init_seed
 
-TEXT_KEYS = ["text_fields", "text_template", "text_fallback", "max_text_length"]
+TEXT_KEYS = ["text_fields", "text_template", "text_fallback", "max_text_length", "text_trainable_layers"]
 DAP_KEYS = ["dap_epochs", "dap_learning_rate", "dap_stopping_step", "dap_batch_size", "mlm_probability",
             "simcse_temperature", "mlm_weight", "text_pooling", "dap_valid_ratio"]
 ALIGN_KEYS = ["align_epochs", "align_learning_rate", "align_stopping_step", "align_batch_size",
@@ -113,11 +114,12 @@ class CELATrainer(Trainer):
         start = time.time()
         if self.cache.is_complete(path):
             self._report("dap", start, True, path, **self.cache.info(path).get("report", {}))
-            return path, key
-        model = DomainAdaptivePretraining(self.config, load_encoder(encoder_path, masked_lm=True), self.tokenizer)
+            return path, self.cache.run_id(path)
+        encoder = freeze_below(load_encoder(encoder_path, masked_lm=True), self.config["text_trainable_layers"])
+        model = DomainAdaptivePretraining(self.config, encoder, self.tokenizer)
         info = self._train_text_stage("dap", DAPTrainer, model.to(self.device), path, key, self.config["seed"])
         self._report("dap", start, False, path, **info)
-        return path, key
+        return path, self.cache.run_id(path)
 
     def stage_backbone(self, train_data, valid_data, base):
         """The ID backbone, trained with RecBole's own Trainer (or loaded from the cache)."""
@@ -141,24 +143,25 @@ class CELATrainer(Trainer):
         saved = torch.load(os.path.join(path, "model.pth"), map_location=self.device)
         backbone.load_state_dict(saved["state_dict"])
         self._report("backbone", start, cached, path, valid=saved["valid"])
-        return backbone, key
+        return backbone, self.cache.run_id(path)
 
-    def stage_align(self, encoder_path, upstream_key, backbone, backbone_key, dataset):
-        key = fingerprint({"upstream": upstream_key, "backbone": backbone_key, **self._keys(ALIGN_KEYS),
+    def stage_align(self, encoder_path, upstream_id, backbone, backbone_id, dataset):
+        key = fingerprint({"upstream": upstream_id, "backbone": backbone_id, **self._keys(ALIGN_KEYS),
                            "seed": self.config["seed"]})
         path = self.cache.path("align", key)
         start = time.time()
         if self.cache.is_complete(path):
             self._report("align", start, True, path, **self.cache.info(path).get("report", {}))
-            return path, key
+            return path, self.cache.run_id(path)
         id_table = item_id_vectors(backbone, dataset).cpu()
-        model = ItemAlignment(self.config, load_encoder(encoder_path), id_table).to(self.device)
+        encoder = freeze_below(load_encoder(encoder_path), self.config["text_trainable_layers"])
+        model = ItemAlignment(self.config, encoder, id_table).to(self.device)
         info = self._train_text_stage("align", AlignmentTrainer, model, path, key, self.config["seed"])
         self._report("align", start, False, path, **info)
-        return path, key
+        return path, self.cache.run_id(path)
 
-    def stage_table(self, encoder_path, upstream_key):
-        key = fingerprint({"upstream": upstream_key, "pooling": self.config["text_pooling"]})
+    def stage_table(self, encoder_path, upstream_id):
+        key = fingerprint({"upstream": upstream_id, "pooling": self.config["text_pooling"]})
         path = self.cache.path("table", key)
         start = time.time()
         if not self.cache.is_complete(path):
@@ -180,13 +183,13 @@ class CELATrainer(Trainer):
         """Stages 1 and 2 and the item table; returns (table, final encoder folder)."""
         dataset = train_data.dataset
         encoder_path, base = self._text_setup(dataset)
-        upstream_key = fingerprint(base)
+        upstream_id = fingerprint(base)  # the raw encoder on this data
         if self.config["dap"]:
-            encoder_path, upstream_key = self.stage_dap(encoder_path, base)
+            encoder_path, upstream_id = self.stage_dap(encoder_path, base)
         if self.config["align"]:
-            backbone, backbone_key = self.stage_backbone(train_data, valid_data, base)
-            encoder_path, upstream_key = self.stage_align(encoder_path, upstream_key, backbone, backbone_key, dataset)
-        return self.stage_table(encoder_path, upstream_key), encoder_path
+            backbone, backbone_id = self.stage_backbone(train_data, valid_data, base)
+            encoder_path, upstream_id = self.stage_align(encoder_path, upstream_id, backbone, backbone_id, dataset)
+        return self.stage_table(encoder_path, upstream_id), encoder_path
 
     # ----------------------------------------------------------------------------- stage 3
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
@@ -196,6 +199,9 @@ class CELATrainer(Trainer):
             if self.config["finetune_encoder"]:
                 self.model.attach_encoder(load_encoder(encoder_path).to(self.device), self.tokenized)
                 self.optimizer = self._build_optimizer()
+        # Whether stages ran or came from the cache changes how much randomness was drawn:
+        # re-seed so that stage 3 (and so the predictions) depends on the seed alone.
+        init_seed(self.config["seed"] + self.config["local_rank"], self.config["reproducibility"])
         start = time.time()
         result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
         self.stage_report["fusion"] = {"time_s": round(time.time() - start, 2), "cached": False}

@@ -1,0 +1,221 @@
+"""CELA's stages, caching, fusion and bad input, on the ml-100k slice with a tiny random BERT."""
+
+import os
+
+import pytest
+import torch
+from recbole.data import create_dataset, data_preparation
+from recbole_cela.utils import init_seed
+
+from recbole_cela.data import prepare_from_config
+from recbole_cela.model.alignment import ItemAlignment
+from recbole_cela.model.dap import DomainAdaptivePretraining
+from recbole_cela.model.fusion import item_id_vectors
+from recbole_cela.quick_start import build_config, run_recbole_cela
+from recbole_cela.text.encoder import TextEncoderError, load_encoder, load_tokenizer
+from recbole_cela.text.items import ItemTextError, ItemTextLoader, TokenizedItems, encode_items, item_texts
+from recbole_cela.trainer import CELATrainer
+
+FAST = {"dap_epochs": 2, "align_epochs": 2, "epochs": 1, "dap_batch_size": 16, "align_batch_size": 32,
+        "text_trainable_layers": -1, "max_text_length": 32}
+
+
+def setup(run_config, tiny_encoder, **overrides):
+    files, config_dict = run_config(**{"text_encoder": tiny_encoder, **FAST, **overrides})
+    model_class, config = build_config("CELA", "ml-tiny", files, config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    prepare_from_config(config)
+    dataset = create_dataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    init_seed(config["seed"], config["reproducibility"])
+    model = model_class(config, train.dataset)
+    return config, model, train, valid, test
+
+
+def stages_run(trainer):
+    return {stage for stage, info in trainer.stage_report.items() if not info.get("cached")}
+
+
+def test_item_texts_follow_the_template(run_config, tiny_encoder):
+    config, _, train, _, _ = setup(run_config, tiny_encoder)
+    texts = item_texts(config, train.dataset)
+    token = train.dataset.field2token_id["item_id"]["1"]
+    assert texts[token] == "movie title: Toy Story; class: Animation Children's Comedy; release year: 1995"
+    assert texts[0] == "unknown item"  # padding (and any item without text) gets the fallback
+    config["text_template"] = "{movie_title} ({release_year})"
+    assert item_texts(config, train.dataset)[token] == "Toy Story (1995)"
+
+
+def test_dap_loss_decreases_and_saves_identically(run_config, tiny_encoder, tmp_path):
+    config, _, train, _, _ = setup(run_config, tiny_encoder)
+    tokenizer = load_tokenizer(tiny_encoder)
+    tokenized = TokenizedItems(tokenizer, item_texts(config, train.dataset)[1:65], 32)
+    torch.manual_seed(0)
+    model = DomainAdaptivePretraining(config, load_encoder(tiny_encoder, masked_lm=True), tokenizer)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batch = tokenized.batch(torch.arange(64))
+    losses = []
+    for _ in range(15):
+        loss = sum(model.calculate_loss(batch))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.7 * losses[0]
+    model.encoder.save_pretrained(tmp_path)
+    again = load_encoder(str(tmp_path), masked_lm=True)
+    for key, value in model.encoder.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
+
+
+def test_alignment_retrieves_own_id_vector(run_config, tiny_encoder):
+    config, _, train, _, _ = setup(run_config, tiny_encoder)
+    tokenizer = load_tokenizer(tiny_encoder)
+    tokenized = TokenizedItems(tokenizer, item_texts(config, train.dataset), 32)
+    items = torch.arange(1, 65)
+    torch.manual_seed(0)
+    id_table = torch.randn(len(tokenized), 24)
+    model = ItemAlignment(config, load_encoder(tiny_encoder), id_table)
+    loader = ItemTextLoader(tokenized, items, 64, shuffle=False)
+    before = model.retrieval(loader)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    batch = tokenized.batch(items)
+    for _ in range(60):
+        loss = model.calculate_loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    after = model.retrieval(loader)
+    assert after["recall@10"] > 3 * after["chance_recall@10"]
+    assert after["mean_rank"] < before["mean_rank"]
+
+
+def test_item_id_vectors_are_the_backbone_item_fields(run_config, tiny_encoder):
+    config, _, train, _, _ = setup(run_config, tiny_encoder, backbone="DeepFM", use_text=False)
+    from recbole.utils import get_model
+
+    deepfm = get_model("DeepFM")(config, train.dataset)
+    vectors = item_id_vectors(deepfm, train.dataset)
+    # item fields: item_id, release_year (tokens) and class (token_seq), 16 wide each
+    assert vectors.shape == (train.dataset.item_num, 3 * config["embedding_size"])
+    din = get_model("DIN")(config, train.dataset)
+    assert item_id_vectors(din, train.dataset).shape == vectors.shape
+
+
+def test_end_to_end_caching_and_invalidation(run_config, tiny_encoder, monkeypatch):
+    config, model, train, valid, test = setup(run_config, tiny_encoder)
+    calls = []
+    original = encode_items
+
+    def counting(*args, **kwargs):
+        out = original(*args, **kwargs)
+        calls.append(len(out))
+        return out
+
+    monkeypatch.setattr("recbole_cela.trainer.cela_trainer.encode_items", counting)
+    trainer = CELATrainer(config, model)
+    trainer.fit(train, valid, saved=True)
+    assert stages_run(trainer) == {"dap", "backbone", "align", "table", "fusion"}
+    assert calls == [train.dataset.item_num]  # every item encoded exactly once
+    report = trainer.stage_report
+    assert report["align"]["diagnostics_after"]["mean_rank"] < report["align"]["diagnostics_before"]["mean_rank"]
+    # No gradient reaches the encoder: fusion holds the table as a buffer, not parameters.
+    names = [n for n, p in model.named_parameters()]
+    assert not any("encoder" in n for n in names)
+    assert not model.backbone.item_text.text_table.requires_grad
+    result = trainer.evaluate(test, load_best_model=True)
+    assert 0 <= result["auc"] <= 1
+
+    # Second run: every stage before fusion is reused.
+    config2, model2, *_ = setup(run_config, tiny_encoder)
+    trainer2 = CELATrainer(config2, model2)
+    trainer2.fit(train, valid, saved=False)
+    assert stages_run(trainer2) == {"fusion"}
+    assert len(calls) == 1
+
+    # A changed alignment key re-runs exactly alignment and the table.
+    config3, model3, *_ = setup(run_config, tiny_encoder, align_temperature=0.5)
+    trainer3 = CELATrainer(config3, model3)
+    trainer3.fit(train, valid, saved=False)
+    assert stages_run(trainer3) == {"align", "table", "fusion"}
+
+    # An artifact of a killed stage (no stage.json) is never trusted.
+    align_dir = trainer3.stage_report["align"]["artifact"]
+    os.remove(os.path.join(align_dir, "stage.json"))
+    config4, model4, *_ = setup(run_config, tiny_encoder, align_temperature=0.5)
+    trainer4 = CELATrainer(config4, model4)
+    trainer4.fit(train, valid, saved=False)
+    assert stages_run(trainer4) == {"align", "table", "fusion"}
+    assert not [d for d in os.listdir(trainer.cache.root) if ".tmp-" in d]
+
+
+def test_predictions_are_deterministic_under_a_seed(run_config, tiny_encoder):
+    scores = []
+    for _ in range(2):
+        config, model, train, valid, test = setup(run_config, tiny_encoder, dap=False, align=False)
+        trainer = CELATrainer(config, model)
+        trainer.fit(train, valid, saved=False)
+        batch = next(iter(test))[0]
+        model.eval()
+        scores.append(model.predict(batch.to(config["device"])).detach())
+    assert torch.equal(scores[0], scores[1])
+
+
+@pytest.mark.parametrize("backbone", ["DeepFM", "DCNV2", "AutoInt", "WideDeep", "xDeepFM"])
+def test_context_backbones(run_config, tiny_encoder, backbone):
+    config, model, train, valid, test = setup(run_config, tiny_encoder, backbone=backbone, dap=False, align=False)
+    trainer = CELATrainer(config, model)
+    trainer.fit(train, valid, saved=False)
+    table = model.backbone.item_text.text_table
+    assert table.abs().sum() > 0  # the table is filled
+    # The text really enters the prediction: changing it changes the scores.
+    batch = next(iter(test))[0]
+    model.eval()
+    before = model.predict(batch)
+    model.set_text_table(torch.randn_like(table))
+    assert not torch.allclose(before, model.predict(batch))
+
+
+def test_text_off_is_the_plain_backbone(run_config, tiny_encoder):
+    files, overrides = run_config(text_encoder=tiny_encoder, use_text=False, epochs=1)
+    result = run_recbole_cela("CELA", "ml-tiny", files, overrides)
+    assert set(result["stages"]) == {"fusion"}
+    assert "Text" not in result["config"]["backbone"]
+
+
+def test_end_to_end_encoder_variant(run_config, tiny_encoder):
+    config, model, train, valid, test = setup(run_config, tiny_encoder, dap=False, align=False, finetune_encoder=True)
+    trainer = CELATrainer(config, model)
+    trainer.fit(train, valid, saved=False)
+    assert any(n.startswith("encoder.") for n, p in model.named_parameters() if p.requires_grad)
+    assert any(p.grad is not None for n, p in model.named_parameters() if n.startswith("encoder."))
+
+
+def test_bad_encoder_path(run_config, tiny_encoder, tmp_path):
+    with pytest.raises(TextEncoderError, match="not a local Hugging Face model folder"):
+        setup(run_config, tiny_encoder, text_encoder=str(tmp_path / "missing"))
+
+
+def test_missing_text_field(run_config, tiny_encoder):
+    config, model, train, valid, _ = setup(run_config, tiny_encoder, text_fields=["movie_title", "plot"])
+    with pytest.raises(ItemTextError, match="plot.*columns are"):
+        CELATrainer(config, model).fit(train, valid, saved=False)
+
+
+@pytest.mark.slow
+def test_real_minilm_on_a_few_dozen_items(run_config):
+    config, _, train, _, _ = setup(run_config, None, text_encoder=None)
+    tokenizer = load_tokenizer(None)
+    texts = item_texts(config, train.dataset)[1:41]
+    tokenized = TokenizedItems(tokenizer, texts, 64)
+    encoder = load_encoder(None)
+    table = encode_items(encoder, tokenized, "mean", 16, "cpu")
+    assert table.shape == (40, 384)
+    sims = torch.nn.functional.normalize(table, dim=1) @ torch.nn.functional.normalize(table, dim=1).T
+    # A pretrained encoder: texts are distinct, and similar for items sharing genres.
+    assert sims.diagonal().allclose(torch.ones(40), atol=1e-4) and (sims < 0.999).sum() > 40 * 39 - 5
+    model = DomainAdaptivePretraining(config, load_encoder(None, masked_lm=True), tokenizer)
+    batch = tokenized.batch(torch.arange(16))
+    simcse, mlm = model.calculate_loss(batch)
+    assert torch.isfinite(simcse) and torch.isfinite(mlm)
