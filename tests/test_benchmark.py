@@ -1,0 +1,250 @@
+"""The benchmark's aggregation, verdicts, Pop scorer, report, resume; the text-cost core.
+
+No training run: results are synthetic JSON files written into tmp_path (the one subprocess
+started is the real runner failing fast on an unknown model).
+"""
+
+import ast
+import json
+import os
+
+import pytest
+
+from recbole_cela import benchmark as bm
+
+DATASET = "ml-100k"
+
+
+def fake_result(model, seed, auc, logloss=0.5, fit=10.0, buckets=None, stages=None, argv=None):
+    return {
+        "model": model, "dataset": DATASET, "seed": seed,
+        "best_valid_score": auc + 0.01,
+        "best_valid_result": {"auc": auc + 0.01, "logloss": logloss},
+        "test_result": {"auc": auc, "logloss": logloss},
+        "test_auc_by_popularity": buckets or {"0-5": {"n": 10, "auc": auc - 0.1},
+                                              "6-20": {"n": 20, "auc": auc},
+                                              ">20": {"n": 70, "auc": auc + 0.05}},
+        "fit_time_s": fit, "eval_time_s": 1.0, "eval_samples_per_s": 100.0 * fit,
+        "peak_rss_mb": 500.0 + seed % 10, "n_params": 1234, "stages": stages, "device": "cpu",
+        "torch": "x", "cpu_count": 2, "argv": argv or ["run_recbole_cela.py"], "config": {},
+    }
+
+
+def cela_stages(scale=1.0):
+    diag = {"mlm_loss": 5.0, "alignment": 0.3, "uniformity": -2.0}
+    return {
+        "dap": {"time_s": 30.0 * scale, "cached": False, "items_per_s": 50.0,
+                "diagnostics_before": diag, "diagnostics_after": {k: v - 1 for k, v in diag.items()}},
+        "backbone": {"time_s": 10.0 * scale, "cached": False},
+        "align": {"time_s": 20.0 * scale, "cached": False, "items_per_s": 80.0,
+                  "diagnostics_before": {"recall@1": 0.01, "recall@10": 0.05, "mean_rank": 40.0, "n_items": 100},
+                  "diagnostics_after": {"recall@1": 0.2, "recall@10": 0.5, "mean_rank": 10.0, "n_items": 100}},
+        "table": {"time_s": 2.0 * scale, "cached": False, "items": 1000, "items_per_s": 500.0},
+        "fusion": {"time_s": 15.0 * scale, "cached": False},
+    }
+
+
+def records():
+    """DIN and CELA, two seeds each, plus one failed CELA run."""
+    recs = [
+        {"variant": "DIN", "seed": 2020, "status": "ok", "result": fake_result("DIN", 2020, 0.70)},
+        {"variant": "DIN", "seed": 2021, "status": "ok", "result": fake_result("DIN", 2021, 0.72)},
+        {"variant": "CELA", "seed": 2020, "status": "ok",
+         "result": fake_result("CELA", 2020, 0.76, fit=77.0, stages=cela_stages())},
+        {"variant": "CELA", "seed": 2021, "status": "ok",
+         "result": fake_result("CELA", 2021, 0.78, fit=77.0, stages=cela_stages())},
+        {"variant": "CELA", "seed": 2022, "status": "failed", "returncode": 1,
+         "error_tail": "Traceback ...\nRuntimeError: out of memory"},
+    ]
+    return recs
+
+
+def test_mean_std():
+    assert bm.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)  # sample std
+    assert bm.mean_std([0.5, None]) == (0.5, None)  # one value: no spread
+    assert bm.mean_std([]) == (None, None)
+
+
+def test_aggregate_means_failures_stages():
+    agg = bm.aggregate(records(), ["DIN", "CELA"])
+    din, cela = agg["DIN"], agg["CELA"]
+    assert din["n_ok"] == 2 and din["n_failed"] == 0
+    assert cela["n_ok"] == 2 and cela["n_failed"] == 1
+    assert din["test_auc_mean"] == pytest.approx(0.71)
+    assert din["test_auc_std"] == pytest.approx(0.0141421, abs=1e-6)
+    assert cela["test_auc_mean"] == pytest.approx(0.77)
+    assert cela["buckets"]["0-5"] == {"n": 10, "auc_mean": pytest.approx(0.67), "auc_std": pytest.approx(0.0141421, abs=1e-6)}
+    assert cela["stages"]["dap"]["time_s_mean"] == 30.0
+    assert cela["stages"]["table"]["items_per_s_mean"] == 500.0
+    assert cela["stages"]["align"]["diagnostics"]["diagnostics_after"]["recall@10"] == 0.5
+    assert din["stages"] is None
+    assert cela["peak_rss_mb_max"] == 501.0
+
+
+def test_compare_spread_logic():
+    agg = {
+        "A": {"test_auc_mean": 0.80, "test_auc_std": 0.01},
+        "B": {"test_auc_mean": 0.78, "test_auc_std": 0.005},  # diff 0.02 > spread 0.01
+        "C": {"test_auc_mean": 0.795, "test_auc_std": 0.008},  # diff 0.005 < spread 0.01
+        "D": {"test_auc_mean": 0.85, "test_auc_std": 0.02},  # diff -0.05 < -0.02
+        "Pop": {"test_auc_mean": 0.70, "test_auc_std": 0.0},  # deterministic
+        "One": {"test_auc_mean": 0.5, "test_auc_std": None},  # one seed
+        "Failed": {"test_auc_mean": None, "test_auc_std": None},
+    }
+    assert bm.compare(agg, "A", "B")["verdict"] == "beats"
+    assert bm.compare(agg, "A", "C")["verdict"] == "within"
+    assert bm.compare(agg, "A", "D")["verdict"] == "loses"
+    pop = bm.compare(agg, "A", "Pop")
+    assert pop["verdict"] == "beats" and pop["spread"] == 0.01
+    assert bm.compare(agg, "A", "One")["verdict"] == "unknown"
+    assert bm.compare(agg, "A", "Failed")["verdict"] == "unknown"
+    assert "WORSE" in bm.verdict_sentence("A", "D", bm.compare(agg, "A", "D"))
+    assert "within" in bm.verdict_sentence("A", "C", bm.compare(agg, "A", "C"))
+
+
+def write_split(folder, split, rows):
+    lines = ["user_id:token\titem_id:token\tlabel:float\titem_id_list:token_seq"]
+    lines += [f"u{i}\t{item}\t{label}\th1 h2" for i, (item, label) in enumerate(rows)]
+    (folder / f"{DATASET}.{split}.inter").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    """train: A has 3 positives, B 1 (and 1 negative), C none; D is not in train."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_split(folder, "train", [("A", 1), ("A", 1), ("A", 1), ("B", 1), ("B", 0), ("C", 0), ("C", 0)])
+    write_split(folder, "valid", [("A", 1), ("C", 0)])
+    write_split(folder, "test", [("A", 1), ("B", 0), ("C", 0), ("D", 1)])
+    return folder
+
+
+def test_pop_scorer_exact(tiny_data):
+    result = bm.pop_result(str(tiny_data), DATASET, buckets=[0, 2])
+    # test scores: A=3 (+), B=1 (-), C=0 (-), D=0 (+): pairs (3>1) (3>0) (0<1) (0=0) -> 2.5/4
+    assert result["test_result"]["auc"] == pytest.approx(0.625)
+    assert result["best_valid_result"]["auc"] == pytest.approx(1.0)
+    # LogLoss on scores min-max scaled into [0.01, 0.99]: A->0.99, B->0.01+0.98/3, C,D->0.01
+    import math
+
+    pb = 0.01 + 0.98 / 3
+    expected = -(math.log(0.99) + math.log(1 - pb) + math.log(0.99) + math.log(0.01)) / 4
+    assert result["test_result"]["logloss"] == pytest.approx(expected)
+    buckets = result["test_auc_by_popularity"]
+    assert {b: v["n"] for b, v in buckets.items()} == {"0-0": 2, "1-2": 1, ">2": 1}
+    assert buckets["0-0"]["auc"] == 0.5 and buckets["1-2"]["auc"] is None
+    assert result["seed"] is None and result["n_params"] == 0
+    counts = bm.split_counts(str(tiny_data), DATASET)
+    assert counts["train"] == {"samples": 7, "positives": 4}
+
+
+def test_text_token_args_parse():
+    (arg,) = bm.text_token_args(DATASET)
+    key, value = arg[2:].split("=")  # RecBole needs exactly one '=' per argument
+    assert key == "load_col"
+    load_col = ast.literal_eval(value)
+    assert "movie_title" in load_col["item"] and "class" in load_col["item"]
+    assert load_col["inter"] == ["user_id", "item_id", "label", "item_id_list"]
+    (arg,) = bm.text_token_args("amazon-sports")
+    assert ast.literal_eval(arg.split("=", 1)[1])["item"] == ["item_id", "title"]
+    args = bm.run_args("DIN-textTokens", DATASET, 2021, quick=True, extra_args=["--epochs=3"])
+    assert "--epochs=3" in args and "--epochs=1" not in args  # --extra wins over --quick
+    assert "--seed=2021" in args and "--model=DIN" in args
+
+
+def test_report_files(tmp_path):
+    out = tmp_path / "out"
+    pop = {**fake_result("Pop", 0, 0.65), "seed": None, "n_params": 0, "fit_time_s": None, "peak_rss_mb": None}
+    recs = records() + [{"variant": "Pop", "seed": None, "status": "ok", "result": pop}]
+    names = ["Pop", "DIN", "CELA"]
+    settings = {"models": names, "seeds": [2020, 2021], "quick": False, "extra_args": [], "resume": False}
+    report = bm.write_report(str(out), DATASET, names, recs, settings, "python -m recbole_cela.benchmark",
+                             {"train": {"samples": 10, "positives": 5}, "valid": None, "test": None})
+    md = (out / f"{DATASET}.md").read_text()
+    for name in names:
+        assert name in md
+    assert "out of memory" in md  # the failed run's error tail is shown
+    assert "CELA beats DIN by +0.0600 AUC" in md
+    assert "min-max scaled" in md
+    assert "2 (+1 failed)" in md
+    for kind in ("auc", "buckets", "cost", "stages"):
+        png = out / f"{DATASET}-{kind}.png"
+        assert png.is_file() and png.stat().st_size > 1000
+        assert f"]({DATASET}-{kind}.png)" in md
+    data = json.loads((out / f"{DATASET}.json").read_text())
+    assert data["aggregates"]["CELA"]["n_failed"] == 1
+    assert data["comparisons"]["gain_over_din"]["overall"] == pytest.approx(0.06)
+    assert report["comparisons"]["cost"]["CELA"]["time_ratio"] == pytest.approx(7.7)
+    assert report["comparisons"]["cost"]["CELA"]["time_ok"] is False
+    assert not [p for p in os.listdir(out) if ".tmp" in p]  # atomic writes leave no temp file
+
+
+def write_finished(runs_dir, name, seed, quick=False, auc=0.7):
+    args = bm.run_args(name, DATASET, seed, quick=quick)
+    folder = bm.run_folder(runs_dir, name, seed)
+    os.makedirs(folder, exist_ok=True)
+    argv = ["run_recbole_cela.py", *args, f"--results_dir={folder}"]
+    path = os.path.join(folder, f"{bm.VARIANTS[name]['model']}-{DATASET}-20260101-000000.json")
+    with open(path, "w") as f:
+        json.dump(fake_result(bm.VARIANTS[name]["model"], seed, auc, argv=argv), f)
+    return path
+
+
+def test_resume_skips_finished_pairs(tmp_path, tiny_data):
+    out = tmp_path / "bench"
+    runs_dir = str(out / "runs" / DATASET)
+    pairs = bm.plan(["Pop", "LR", "DIN"], [2020, 2021])
+    assert pairs[0] == ("Pop", None) and len(pairs) == 5
+    write_finished(runs_dir, "LR", 2020)
+    write_finished(runs_dir, "LR", 2021, quick=True)  # other arguments: not reusable
+    os.makedirs(bm.run_folder(runs_dir, "DIN", 2020))  # started, never finished
+    todo, reused = bm.pending(pairs, runs_dir, DATASET, resume=True)
+    assert set(reused) == {("LR", 2020)}
+    assert todo == [("Pop", None), ("LR", 2021), ("DIN", 2020), ("DIN", 2021)]
+    todo, reused = bm.pending(pairs, runs_dir, DATASET, resume=False)
+    assert not reused and len(todo) == 5
+
+    # a whole benchmark whose learned runs all finished: nothing is started
+    write_finished(runs_dir, "LR", 2021, auc=0.72)
+    lines = []
+    report = bm.run_benchmark(
+        DATASET, ["Pop", "LR"], [2020, 2021], str(out), resume=True, data_dir=str(tiny_data),
+        data_settings={"item_field": "item_id", "label_field": "label", "buckets": [0, 2]},
+        log=lines.append,
+    )
+    assert all(r["status"] == "ok" for r in report["runs"])
+    assert [r.get("reused") for r in report["runs"]] == [False, True, True]
+    assert report["aggregates"]["LR"]["test_auc_mean"] == pytest.approx(0.71)
+    assert report["aggregates"]["Pop"]["test_auc_mean"] == pytest.approx(0.625)
+    assert any("reused" in line and "LR" in line for line in lines)
+    assert (out / f"{DATASET}.md").is_file()
+
+
+def test_failed_run_is_recorded(tmp_path):
+    """The real runner, failing fast (unknown model): a record with the error, no exception."""
+    variants = {"Broken": {"model": "NoSuchModel", "args": []}}
+    record = bm.run_one("Broken", 2020, DATASET, str(tmp_path / "runs"), variants=variants, timeout=300)
+    assert record["status"] == "failed" and record["returncode"] != 0
+    assert "Unknown model 'NoSuchModel'" in record["error_tail"]
+    assert os.path.isfile(record["log_file"])
+    assert "FAILED" in bm.progress_line(1, 1, record)
+
+
+def test_text_cost_core(tiny_encoder, tmp_path):
+    """The three measurements on a tiny random BERT and a few texts; the report section."""
+    from recbole_cela import text_cost
+
+    settings = {"text_pooling": "mean", "simcse_temperature": 0.05, "mlm_weight": 0.1,
+                "mlm_probability": 0.15, "text_trainable_layers": 1, "max_text_length": 32,
+                "dap_learning_rate": 5e-5}
+    texts = ["movie title: toy story; class: animation", "a jump rope", "bicycle fender rear",
+             "movie title: heat", "olympic style jump rope for training"] * 2
+    result = text_cost.measure(texts, tiny_encoder, settings, batch_size=4, seq_len=48, log=lambda *_: None)
+    assert result["dap_straightforward"]["items_per_s"] > 0 and result["dap_plugin"]["items_per_s"] > 0
+    assert result["dap_plugin"]["trainable_params"] < result["dap_straightforward"]["trainable_params"]
+    assert result["encode_max_abs_diff"] < 1e-4  # padding does not change the pooled vectors
+    result.update(encoder=tiny_encoder, date="today", dataset="x")
+    md, _ = text_cost.write_outputs(str(tmp_path), "x", result, "cmd")
+    text_cost.write_outputs(str(tmp_path), "x", result, "cmd")  # same key: replaced, not appended
+    content = open(md).read()
+    assert content.count("<!-- text-cost:") == 1 and "DAP training pass" in content
