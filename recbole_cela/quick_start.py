@@ -77,7 +77,7 @@ def build_config(model, dataset, config_file_list=None, config_dict=None):
         base = config.external_config_dict.get("data_path") or config.internal_config_dict["data_path"]
         config["data_path"] = os.path.join(base, dataset)
     if config["benchmark_filename"] is None and dataset_config_file(dataset) is None:
-        folder = os.path.join(config["data_path"])
+        folder = config["data_path"]
         if not os.path.isfile(os.path.join(folder, f"{dataset}.inter")):
             raise PluginConfigError(
                 f"Unknown dataset '{dataset}': no dataset_configs/{dataset}.yaml and no atomic "

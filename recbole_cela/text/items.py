@@ -77,7 +77,6 @@ class TokenizedItems:
         self.input_ids = torch.full((len(texts), max(lengths)), tokenizer.pad_token_id)
         for row, ids in enumerate(encoded["input_ids"]):
             self.input_ids[row, : len(ids)] = torch.tensor(ids)
-        self.pad_token_id = tokenizer.pad_token_id
 
     def __len__(self):
         return len(self.lengths)
