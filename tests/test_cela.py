@@ -91,6 +91,21 @@ def test_alignment_retrieves_own_id_vector(run_config, tiny_encoder):
     assert after["mean_rank"] < before["mean_rank"]
 
 
+def test_alignment_heads_get_their_own_learning_rate(run_config, tiny_encoder, tmp_path):
+    from recbole_cela.trainer.alignment_trainer import AlignmentTrainer
+
+    config, _, _, _, _ = setup(run_config, tiny_encoder, align_head_learning_rate=1e-3, text_trainable_layers=1)
+    model = ItemAlignment(config, load_encoder(tiny_encoder), torch.randn(10, 8))
+    model.encoder.embeddings.requires_grad_(False)
+    trainer = AlignmentTrainer(config, model, str(tmp_path / "align.pth"))
+    encoder_group, head_group = trainer.optimizer.param_groups
+    assert encoder_group["lr"] == config["align_learning_rate"] and head_group["lr"] == 1e-3
+    heads = {id(p) for m in (model.text_head, model.id_head) for p in m.parameters()}
+    assert {id(p) for p in head_group["params"]} == heads
+    trainable = {id(p) for p in model.encoder.parameters() if p.requires_grad}
+    assert {id(p) for p in encoder_group["params"]} == trainable and trainable
+
+
 def test_item_id_vectors_are_the_backbone_item_fields(run_config, tiny_encoder):
     config, _, train, _, _ = setup(run_config, tiny_encoder, backbone="DeepFM", use_text=False)
     from recbole.utils import get_model

@@ -33,7 +33,7 @@ from recbole_cela.utils import init_seed
 TEXT_KEYS = ["text_fields", "text_template", "text_fallback", "max_text_length", "text_trainable_layers"]
 DAP_KEYS = ["dap_epochs", "dap_learning_rate", "dap_stopping_step", "dap_batch_size", "mlm_probability",
             "simcse_temperature", "mlm_weight", "text_pooling", "dap_valid_ratio"]
-ALIGN_KEYS = ["align_epochs", "align_learning_rate", "align_stopping_step", "align_batch_size",
+ALIGN_KEYS = ["align_epochs", "align_learning_rate", "align_head_learning_rate", "align_stopping_step", "align_batch_size",
               "align_temperature", "align_proj_size", "text_pooling", "align_valid_ratio"]
 BACKBONE_KEYS = ["embedding_size", "learning_rate", "train_batch_size", "epochs", "stopping_step",
                  "weight_decay", "load_col", "numerical_features"]
