@@ -315,13 +315,19 @@ def test_skipped_when_unchanged(sequence_source, tmp_path):
     prepare_dataset("tiny", "sequence", str(sequence_source), out, max_history=1, force=True)
     assert mtimes()["tiny.train.inter"] > changed["tiny.train.inter"]
 
-    # a newer input file, or a missing stamp, rewrites too
+    # a touched input file (same bytes, e.g. a re-copied raw folder) does not rewrite ...
+    last = mtimes()
     future = time.time() + 100
     os.utime(sequence_source / "item_text.tsv", (future, future))
     prepare_dataset("tiny", "sequence", str(sequence_source), out, max_history=1)
+    assert mtimes() == last
+    # ... a changed input file, or a missing stamp, does
+    original = (sequence_source / "item_text.tsv").read_bytes()
+    (sequence_source / "item_text.tsv").write_bytes(original.replace(b"Red ball", b"Red balls"))
+    prepare_dataset("tiny", "sequence", str(sequence_source), out, max_history=1)
     assert json.loads(stamp.read_text())["settings"]["max_history"] == 1
-    assert (folder / "tiny.train.inter").stat().st_mtime_ns > changed["tiny.train.inter"]
-    os.utime(sequence_source / "item_text.tsv", (0, 0))
+    assert (folder / "tiny.train.inter").stat().st_mtime_ns > last["tiny.train.inter"]
+    (sequence_source / "item_text.tsv").write_bytes(original)
     stamp.unlink()
     last = mtimes()
     prepare_dataset("tiny", "sequence", str(sequence_source), out, max_history=1)

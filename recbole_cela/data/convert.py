@@ -68,6 +68,7 @@ nothing a later run would trust.
 
 import ast
 import gzip
+import hashlib
 import html
 import json
 import logging
@@ -698,8 +699,25 @@ def _write_folder(folder, dataset, files, stamp):
     _write_atomic(stamp_path, json.dumps(stamp, indent=2) + "\n")
 
 
+def file_digest(path):
+    """SHA-1 of a file's bytes (freshness by content: copying or touching a file changes nothing)."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _input_digests(inputs):
+    return {path: file_digest(path) for path in inputs}
+
+
 def _up_to_date(stamp_path, folder, settings, inputs):
-    """Whether the stamp matches these settings and inputs, and every output is newer."""
+    """Whether the stamp matches these settings and the inputs' contents, and every output exists.
+
+    Contents, not modification times: a re-copied or touched raw folder (same bytes) must not
+    re-convert, because the converted files' contents key every downstream cache (CELA's stages).
+    """
     try:
         with open(stamp_path, encoding="utf-8") as f:
             stamp = json.load(f)
@@ -714,8 +732,7 @@ def _up_to_date(stamp_path, folder, settings, inputs):
     outputs = [os.path.join(folder, name) for name in stamp.get("outputs") or []]
     if not outputs or not all(os.path.isfile(path) for path in outputs):
         return False
-    newest_input = max(os.stat(path).st_mtime_ns for path in inputs)
-    return min(os.stat(path).st_mtime_ns for path in outputs) > newest_input
+    return stamp.get("input_digests") == _input_digests(inputs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -840,6 +857,7 @@ def prepare_dataset(
         "format_version": FORMAT_VERSION,
         "settings": settings,
         "inputs": inputs,
+        "input_digests": _input_digests(inputs),
         "outputs": sorted(files),
         "counts": {
             "users": n_users,

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
 
 MARKER = "stage.json"
@@ -26,10 +27,13 @@ def fingerprint(obj):
 
 
 def data_fingerprint(data_path, dataset):
-    """Hash of the names, sizes and modification times of the dataset's atomic files."""
-    files = sorted(f for f in os.listdir(data_path) if f.startswith(dataset + "."))
-    stats = [(f, os.path.getsize(os.path.join(data_path, f)), int(os.path.getmtime(os.path.join(data_path, f)))) for f in files]
-    return fingerprint(stats)
+    """Hash of the names and contents of the dataset's atomic files (not of their modification
+    times: a re-converted or copied dataset with the same bytes keeps its cached stages).
+    The converter's own stamp (``.prep.json``, which records input paths) is left out."""
+    from recbole_cela.data.convert import file_digest
+
+    files = sorted(f for f in os.listdir(data_path) if f.startswith(dataset + ".") and not f.endswith(".prep.json"))
+    return fingerprint([(f, file_digest(os.path.join(data_path, f))) for f in files])
 
 
 class StageCache:
@@ -54,7 +58,11 @@ class StageCache:
 
     @contextlib.contextmanager
     def writing(self, path, info):
-        """Yield a temporary folder; on success it becomes ``path`` with ``info`` in stage.json."""
+        """Yield a temporary folder; on success it becomes ``path`` with ``info`` in stage.json.
+
+        ``stage.json`` also records ``time_s``, the wall time it took to make the artifact, so a
+        run that reuses it can still report what the stage cost end to end."""
+        start = time.time()
         os.makedirs(self.root, exist_ok=True)
         for name in os.listdir(self.root):  # leftovers of killed runs of this stage
             if name.startswith(os.path.basename(path) + ".tmp-"):
@@ -63,6 +71,7 @@ class StageCache:
         os.makedirs(tmp)
         try:
             yield tmp
+            info["time_s"] = round(time.time() - start, 2)
             info["run_id"] = uuid.uuid4().hex  # downstream stages key on this run, not on settings only
             with open(os.path.join(tmp, MARKER), "w") as f:
                 json.dump(info, f, indent=2, default=str)

@@ -56,6 +56,8 @@ class CELATrainer(Trainer):
     # ----------------------------------------------------------------------------- helpers
     def _report(self, stage, start, cached, path, **info):
         entry = {"time_s": round(time.time() - start, 2), "cached": cached, "artifact": path, **info}
+        if cached:  # what making the artifact cost (None for artifacts older than this record)
+            entry["original_time_s"] = self.cache.info(path).get("time_s")
         self.stage_report[stage] = entry
         state = "reused" if cached else "done"
         self.logger.info(set_color(f"CELA stage [{stage}] {state}", "green") + f": {plain(entry)}")
