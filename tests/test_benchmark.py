@@ -81,6 +81,24 @@ def test_aggregate_means_failures_stages():
     assert cela["peak_rss_mb_max"] == 501.0
 
 
+def test_end_to_end_cost_counts_reused_stages_at_their_original_cost():
+    stages = cela_stages()
+    assert bm.end_to_end_cost(stages) == pytest.approx(77.0)
+    stages["dap"] = {"time_s": 0.01, "cached": True, "original_time_s": 300.0}
+    assert bm.end_to_end_cost(stages) == pytest.approx(77.0 - 30.0 + 300.0)
+    recs = [{"variant": "DIN", "seed": 2020, "status": "ok", "result": fake_result("DIN", 2020, 0.70, fit=50.0)},
+            {"variant": "CELA", "seed": 2020, "status": "ok",
+             "result": fake_result("CELA", 2020, 0.76, fit=47.01, stages=stages)}]
+    agg = bm.aggregate(recs, ["DIN", "CELA"])
+    assert agg["CELA"]["stages"]["dap"]["cost_s_mean"] == 300.0
+    cost = bm.comparisons(agg, ["DIN", "CELA"])["cost"]["CELA"]
+    assert cost["time_ratio"] == pytest.approx(347.0 / 50.0) and cost["time_ok"] is False
+    stages["dap"].pop("original_time_s")  # an artifact made before costs were recorded
+    assert bm.end_to_end_cost(stages) is None
+    agg = bm.aggregate(recs, ["DIN", "CELA"])
+    assert bm.comparisons(agg, ["DIN", "CELA"])["cost"]["CELA"]["time_ratio"] == pytest.approx(47.01 / 50.0)
+
+
 def test_compare_spread_logic():
     agg = {
         "A": {"test_auc_mean": 0.80, "test_auc_std": 0.01},
