@@ -1047,7 +1047,15 @@ def run_benchmark(dataset, names, seeds, out, quick=False, extra_args=(), resume
                 record = {"variant": name, "seed": None, "status": "failed", "error_tail": repr(error)}
             record["elapsed_s"] = time.time() - start
         else:
-            record = run_one(name, seed, dataset, runs_dir, quick, extra_args, None, dataset_cfg, timeout)
+            # Checked again just before running: another benchmark process may have finished it.
+            path, result = (finished_result(run_folder(runs_dir, name, seed),
+                                            run_args(name, dataset, seed, quick, extra_args, None, dataset_cfg))
+                            if resume else (None, None))
+            if result is not None:
+                record = {"variant": name, "seed": seed, "status": "ok", "reused": True,
+                          "result_file": path, "elapsed_s": result.get("fit_time_s"), "result": result}
+            else:
+                record = run_one(name, seed, dataset, runs_dir, quick, extra_args, None, dataset_cfg, timeout)
         records.append(record)
         log(progress_line(index, len(pairs), record))
     settings = {"models": list(names), "seeds": list(seeds), "quick": quick,
