@@ -198,6 +198,10 @@ def test_strategies_run_and_differ(run_config, tiny_encoder):
         if strategy == "joint":
             assert model.mix.grad is not None
             assert set(trainer.stage_report) == {"pretrain", "id_warmup", "finetune"}
+            # The frozen backbone is exactly the warmed-up one, batch-norm statistics included.
+            warm = torch.load(trainer.stage_report["id_warmup"]["artifact"] + "/model.pth")["state_dict"]
+            for key, value in model.tabular.backbone.state_dict().items():
+                assert torch.equal(value.cpu(), warm[key]), key
     assert not torch.allclose(scores["id"], scores["text"])
     assert not torch.allclose(scores["id"], scores["joint"])
     assert not torch.allclose(scores["text"], scores["joint"])
@@ -205,7 +209,7 @@ def test_strategies_run_and_differ(run_config, tiny_encoder):
 
 def test_text_really_enters_the_joint_prediction(run_config, tiny_encoder):
     config, model, train, valid, test = setup(run_config, tiny_encoder, flip_finetune="joint", flip_pretrain=False,
-                                              flip_id_warmup=False)
+                                              flip_id_warmup=False, flip_freeze_backbone=False)
     trainer = FLIPTrainer(config, model)
     trainer.fit(train, valid, saved=False)
     batch = next(iter(test))[0]
@@ -255,6 +259,9 @@ def test_bad_settings(run_config, tiny_encoder):
         setup(run_config, tiny_encoder, flip_backbone="DIN")
     with pytest.raises(ValueError, match="flip_finetune must be one of"):
         setup(run_config, tiny_encoder, flip_finetune="both")
+    config, model, train, valid, _ = setup(run_config, tiny_encoder, flip_id_warmup=False)
+    with pytest.raises(ValueError, match="enable flip_id_warmup"):
+        FLIPTrainer(config, model).fit(train, valid, saved=False)
 
 
 # ----------------------------------------------------------------------------------- benchmark

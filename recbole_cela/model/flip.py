@@ -8,8 +8,12 @@ class is the *fine-tuned* model that RecBole trains and evaluates, with ``flip_f
 
 * ``id``: the backbone alone (its logit);
 * ``text``: the encoder alone, pooled sentence vector -> linear head;
-* ``joint`` (FLIP proper): both, final logit = a * ID logit + (1 - a) * text logit, a = sigmoid of
-  a learnable scalar (starts at 0.5).
+* ``joint`` (FLIP proper): both (with ``flip_freeze_backbone`` the warmed-up backbone is frozen,
+  batch-norm statistics included, and only the text tower and the weights train), final logit = w_id * ID logit + w_text * text logit with the two
+  weights learnable. They start at 1 and the text head's last layer at zero, so fine-tuning starts
+  exactly from the (pretrained, warmed-up) ID model and learns the text's correction; a convex
+  mix starting at 0.5 instead halves the warmed-up ID logit at the first step (measured on
+  ml-100k: valid AUC fell from 0.791 to 0.784 after the first epoch).
 
 The text strategies build each batch's prompts on the fly from RecBole's interaction (user id,
 item id, history), so ``predict`` works on RecBole's own evaluation batches.
@@ -89,9 +93,21 @@ class FLIP(AbstractRecommender):
             encoder = load_encoder(resolve_encoder_path(config["text_encoder"]))
             self.encoder = freeze_below(encoder, config["flip_finetune_trainable_layers"])
             self.text_head = nn.Sequential(nn.Dropout(0.1), nn.Linear(encoder.config.hidden_size, 1))
+            nn.init.zeros_(self.text_head[-1].weight)  # the text logit starts at 0
+            nn.init.zeros_(self.text_head[-1].bias)
         if self.strategy == "joint":
-            self.mix = nn.Parameter(torch.zeros(1))
+            self.mix = nn.Parameter(torch.ones(2))  # (w_id, w_text)
+        self.freeze_backbone = self.strategy == "joint" and config["flip_freeze_backbone"]
+        if self.freeze_backbone:
+            for p in self.tabular.backbone.parameters():
+                p.requires_grad_(False)
         self.loss = nn.BCEWithLogitsLoss()
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.freeze_backbone:  # batch-norm statistics stay those of the warmed-up backbone
+            self.tabular.backbone.eval()
+        return self
 
     def set_prompts(self, prompts):
         self.prompts = prompts
@@ -121,8 +137,7 @@ class FLIP(AbstractRecommender):
         id_logit, _ = self.tabular(interaction)
         if self.strategy == "id":
             return id_logit
-        a = torch.sigmoid(self.mix)
-        return a * id_logit + (1 - a) * self.text_logit(interaction)
+        return self.mix[0] * id_logit + self.mix[1] * self.text_logit(interaction)
 
     def calculate_loss(self, interaction):
         if self.strategy == "id":  # exactly RecBole's loss of the backbone (its regulariser included)

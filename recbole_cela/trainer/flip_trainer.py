@@ -110,7 +110,10 @@ class FLIPTrainer(Trainer):
 
         name = self.config["flip_backbone"]
         path = recbole_props_file(name)
-        keys = sorted(yaml.safe_load(open(path)) or {}) if path else []
+        keys = []
+        if path:
+            with open(path) as f:
+                keys = sorted(yaml.safe_load(f) or {})
         return {"backbone": name, **self._keys(keys)}
 
     def _setup(self, dataset):
@@ -205,6 +208,9 @@ class FLIPTrainer(Trainer):
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         strategy = self.config["flip_finetune"]
         pretrain = self.config["flip_pretrain"]
+        if strategy == "joint" and self.config["flip_freeze_backbone"] and not self.config["flip_id_warmup"]:
+            raise ValueError("flip_freeze_backbone would freeze a backbone never trained on the CTR data: "
+                             "enable flip_id_warmup or set flip_freeze_backbone: False.")
         needs_text = strategy != "id"
         if pretrain or needs_text:
             self._setup(train_data.dataset)
