@@ -111,7 +111,8 @@ def test_each_objective_loss_decreases(run_config, tiny_encoder, objective):
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     torch.manual_seed(0)
     losses = []
-    for _ in range(40):
+    # The contrast is bounded by its temperature (0.7 on cosines) and needs the most steps.
+    for _ in range({"flip_mlm": 25, "flip_mtm": 25, "flip_icl": 40}[objective]):
         (loss,) = model.calculate_loss(batch)
         optimizer.zero_grad()
         loss.backward()
