@@ -7,8 +7,9 @@ A prompt reads, for user ``u``, target item ``i`` and history ``h`` (most recent
 
 Every piece is tokenised once (one user text per user, one item text and one title per item);
 a batch's token ids are then concatenated per interaction, never re-tokenised. The pieces are
-tokenised with a leading space (" target ...", " Heat") so that WordPiece and byte-level BPE
-tokenizers give exactly the ids of tokenising the whole sentence (checked by the tests).
+tokenised with a leading space (" target ...", " Heat") so that the concatenation is exactly
+what tokenising the whole sentence gives: for WordPiece (BERT, MiniLM; checked by the tests)
+the sentence itself, for byte-level BPE (RoBERTa) the sentence with a leading space.
 
 Truncation to ``max_length`` tokens ([CLS] and [SEP] included) keeps the user and target parts
 (cut at the end only if they alone are too long) and then adds history titles, most recent
