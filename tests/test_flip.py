@@ -173,6 +173,23 @@ def test_masked_fields_recovered_from_the_text(run_config, tiny_encoder):
     assert broken["mtm_accuracy"] < after["mtm_accuracy"] - 0.05, (after, broken)
 
 
+@pytest.mark.parametrize("backbone", ["DCNV2", "DeepFM", "AutoInt"])
+def test_backbones_views_and_losses(run_config, tiny_encoder, backbone):
+    config, model, train, _, test = setup(run_config, tiny_encoder, flip_backbone=backbone, flip_finetune="id")
+    batch = next(iter(train))
+    model.eval()
+    logit, rep = model.tabular(batch)
+    assert rep.shape == (len(batch), model.tabular.dim)
+    # The hooked forward is RecBole's own: the same probabilities as the backbone's predict.
+    assert torch.allclose(torch.sigmoid(logit), model.tabular.backbone.predict(batch), atol=1e-5)
+    pre, prompts = pretraining(config, train, tiny_encoder, flip_mlm=True, flip_mtm=True, flip_icl=True)
+    prompted = next(iter(SampledLoader(train, torch.arange(16), 16, shuffle=False, prompts=prompts)))
+    losses = pre.calculate_loss(prompted)
+    assert len(losses) == 3 and all(torch.isfinite(x) and x > 0 for x in losses)
+    sum(losses).backward()
+    assert any(p.grad is not None for p in pre.tabular.backbone.parameters())
+
+
 def test_no_objective_is_an_error(run_config, tiny_encoder):
     config, _, train, _, _ = setup(run_config, tiny_encoder)
     with pytest.raises(ValueError, match="at least one of flip_mlm"):
