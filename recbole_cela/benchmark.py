@@ -36,6 +36,7 @@ RUNNER = REPO / "run_recbole_cela.py"
 FIRST_SEED = 2020
 QUICK_ARGS = ["--epochs=1", "--dap_epochs=1", "--align_epochs=1"]
 STAGES = ["dap", "backbone", "align", "table", "fusion"]
+FLIP_STAGES = ["pretrain", "id_warmup", "finetune"]
 TEXT_STAGES = ["dap", "align", "table"]
 CELA_TIME_TARGET = 3.0  # CELA total training time <= 3x DIN's fit time
 CELA_THROUGHPUT_TARGET = 0.9  # CELA eval throughput >= 0.9x DIN's
@@ -65,6 +66,11 @@ VARIANTS = {
         "args": ["--dap=False", "--align=False", "--finetune_encoder=True"],
         "default": False,  # very slow: only when named in --models
     },
+    # FLIP reads a prompt per interaction with the encoder: far slower than CELA on a CPU, so
+    # only when named in --models (see docs/FLIP.md for what is subsampled).
+    "FLIP": {"model": "FLIP", "args": [], "default": False},
+    "FLIP-idOnly": {"model": "FLIP", "args": ["--flip_finetune=id"], "default": False},
+    "FLIP-textOnly": {"model": "FLIP", "args": ["--flip_finetune=text"], "default": False},
 }
 
 
@@ -510,7 +516,10 @@ def aggregate(records, names):
         stage_results = [r["stages"] for r in results if r.get("stages")]
         if stage_results:
             stages = {}
-            for stage in STAGES:
+            names_seen = list(STAGES)  # CELA's order first, then any other model's (FLIP's) stages
+            for result in stage_results:
+                names_seen += [stage for stage in result if stage not in names_seen]
+            for stage in names_seen:
                 present = [s[stage] for s in stage_results if s.get(stage)]
                 if not present:
                     continue
@@ -946,6 +955,37 @@ def render_markdown(report, names, figures):
                       "and after stage 2. Means over seeds.", ""]
         else:
             lines += ["No text stage ran in these variants (no diagnostics).", ""]
+
+    # FLIP stages (any variant of the plugin's FLIP model)
+    flip = [n for n in names if VARIANTS.get(n, {}).get("model") == "FLIP"]
+    if flip:
+        rows = []
+        for n in flip:
+            stages = agg[n].get("stages") or {}
+            row = [n]
+            for stage in FLIP_STAGES:
+                s = stages.get(stage)
+                row.append("–" if not s else _num(s["time_s_mean"]) + (" (cached)" if s["cached_any"] else ""))
+            row.append(_num(agg[n]["fit_time_s_mean"]))
+            row.append(_num(agg[n]["eval_samples_per_s_mean"]))
+            rows.append(row)
+        lines += ["## FLIP stages", "",
+                  _table(["variant"] + [f"{s} (s)" for s in FLIP_STAGES] + ["total fit (s)", "eval samples/s"], rows), "",
+                  "Mean wall time per stage over seeds (\"(cached)\": reused from `saved/flip/<dataset>/` "
+                  "for at least one seed). Pretraining and the text fine-tuning read subsamples on a CPU "
+                  "(flip_pretrain_samples, flip_finetune_samples; docs/FLIP.md).", ""]
+        diag = []
+        for n in flip:
+            pre = _get(agg, n, "stages", "pretrain", "diagnostics") or {}
+            for key in ("mlm_accuracy", "mlm_majority", "mtm_accuracy", "mtm_majority", "icl_recall@1", "icl_chance"):
+                before, after = _get(pre, "diagnostics_before", key), _get(pre, "diagnostics_after", key)
+                if before is not None or after is not None:
+                    diag.append([n, key, _f(before), _f(after)])
+        if diag:
+            lines += ["Pretraining diagnostics on held-out sampled interactions (accuracy of masked "
+                      "tokens / fields vs always answering the most frequent one; contrast recall@1 "
+                      "within a batch vs chance):", "",
+                      _table(["variant", "metric", "before", "after"], diag), ""]
 
     # buckets
     bucket_names = []

@@ -1,5 +1,6 @@
 """Models added by the plugin (looked up by name before RecBole's)."""
 
 from recbole_cela.model.cela import CELA
+from recbole_cela.model.flip import FLIP
 
-__all__ = ["CELA"]
+__all__ = ["CELA", "FLIP"]

@@ -91,7 +91,11 @@ def masked_lm_logits(model, hidden, positions):
     the MLM loss cheap with a 30k-word vocabulary. BERT-like models keep the head in ``cls``,
     RoBERTa-like ones in ``lm_head``; other architectures fall back to the full head.
     """
-    selected = hidden[positions]
+    return mlm_head(model, hidden[positions])
+
+
+def mlm_head(model, selected):
+    """Vocabulary logits of token states [N, hidden] through a ``*ForMaskedLM`` model's head."""
     for name in ("cls", "lm_head"):
         head = getattr(model, name, None)
         if head is not None:

@@ -1,0 +1,309 @@
+"""FLIP: prompts, pretraining objectives, fine-tuning strategies and stage caching, on the ml-100k
+slice with a tiny random BERT (the real MiniLM tokenizer)."""
+
+import pytest
+import torch
+from recbole.data import create_dataset, data_preparation
+
+from recbole_cela.data import prepare_from_config
+from recbole_cela.model.flip import TabularView
+from recbole_cela.model.flip_pretrain import FLIPPretraining
+from recbole_cela.quick_start import build_config, run_recbole_cela
+from recbole_cela.text.encoder import load_encoder, load_tokenizer
+from recbole_cela.text.prompts import InteractionPrompts, PromptBuilder, PromptError, SampledLoader, build_prompts
+from recbole_cela.trainer import FLIPTrainer
+from recbole_cela.utils import init_seed
+
+FAST = {"flip_pretrain_samples": 300, "flip_pretrain_batch_size": 32, "flip_pretrain_epochs": 1,
+        "flip_finetune_samples": 128, "flip_finetune_batch_size": 32, "flip_text_epochs": 1, "epochs": 1,
+        "flip_trainable_layers": -1, "flip_finetune_trainable_layers": -1, "flip_max_prompt_length": 64,
+        "mlp_hidden_size": [32, 32]}
+
+
+def setup(run_config, tiny_encoder, **overrides):
+    files, config_dict = run_config(**{"text_encoder": tiny_encoder, **FAST, **overrides})
+    model_class, config = build_config("FLIP", "ml-tiny", files, config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    prepare_from_config(config)
+    dataset = create_dataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    init_seed(config["seed"], config["reproducibility"])
+    model = model_class(config, train.dataset)
+    return config, model, train, valid, test
+
+
+def stages_run(trainer):
+    return {stage for stage, info in trainer.stage_report.items() if not info.get("cached")}
+
+
+def pretraining(config, train, tiny_encoder, **switches):
+    for key in ("flip_mlm", "flip_mtm", "flip_icl"):
+        config[key] = switches.get(key, False)
+    name = config["flip_backbone"]
+    from recbole.utils import get_model
+
+    torch.manual_seed(0)
+    tabular = TabularView(get_model(name)(config, train.dataset), name)
+    tokenizer = load_tokenizer(tiny_encoder)
+    model = FLIPPretraining(config, tabular, load_encoder(tiny_encoder, masked_lm=True), tokenizer, train.dataset)
+    prompts = build_prompts(config, train.dataset, tokenizer)
+    return model, prompts
+
+
+# ----------------------------------------------------------------------------------- prompts
+def test_prompt_is_exact(run_config, tiny_encoder):
+    config, _, train, _, _ = setup(run_config, tiny_encoder, flip_max_prompt_length=100)
+    tokenizer = load_tokenizer(tiny_encoder)
+    prompts = build_prompts(config, train.dataset, tokenizer)
+    ds = train.dataset
+    user = ds.field2token_id["user_id"]["1"]
+    toy, heat, casino = (ds.field2token_id["item_id"][t] for t in ("1", "6", "16"))
+    # RecBole's history: oldest first, zero padded -> the prompt lists the most recent first.
+    history = InteractionPrompts.histories(torch.tensor([[heat, casino, 0, 0]]))[0]
+    assert history == [casino, heat]
+    sentence = prompts.builder.sentence(user, toy, history)
+    titles = [prompts.builder.title_text[i] for i in history]
+    assert sentence == (
+        "user age: 24; gender: M; occupation: technician. target movie title: Toy Story; "
+        "class: Animation Children's Comedy; release year: 1995. history: " + "; ".join(titles) + "."
+    )
+    ids = prompts.builder.ids(user, toy, history)
+    assert ids == tokenizer(sentence)["input_ids"]
+    # A real batch: every prompt equals the tokenised sentence (up to the length cap).
+    batch = next(iter(SampledLoader(train, torch.arange(16), 16, shuffle=False, prompts=prompts)))
+    for row, text in enumerate(prompts.sentences(batch)):
+        n = int(batch["attention_mask"][row].sum())
+        assert batch["input_ids"][row, :n].tolist() == tokenizer(text)["input_ids"]
+        assert n <= 100
+
+
+def test_prompt_truncation_keeps_whole_recent_titles(run_config, tiny_encoder):
+    tokenizer = load_tokenizer(tiny_encoder)
+    items = ["pad", "first film", "second film", "third film"]
+    titles = ["", "alpha", "beta gamma", "delta"]
+    full = PromptBuilder(tokenizer, items, titles, ["", "age: 7"], max_length=100)
+    assert full.sentence(1, 1, [3, 2]) == "user age: 7. target first film. history: delta; beta gamma."
+    head = len(tokenizer("user age: 7. target first film.")["input_ids"])
+    # Room for "history", ":", "delta" and "." (4 tokens) but not for "; beta gamma" (3 more):
+    # only the most recent title, and never a part of one.
+    assert len(full.ids(1, 1, [3, 2])) == head + 7
+    short = PromptBuilder(tokenizer, items, titles, ["", "age: 7"], max_length=head + 6)
+    assert short.sentence(1, 1, [3, 2]) == "user age: 7. target first film. history: delta."
+    assert short.ids(1, 1, [3, 2]) == tokenizer("user age: 7. target first film. history: delta.")["input_ids"]
+    tiny = PromptBuilder(tokenizer, items, titles, ["", "age: 7"], max_length=8)
+    assert len(tiny.ids(1, 1, [3, 2])) == 8  # the head alone is cut to the cap, no history
+    with pytest.raises(PromptError, match="at least 8"):
+        PromptBuilder(tokenizer, items, titles, None, max_length=4)
+
+
+def test_unknown_user_field(run_config, tiny_encoder):
+    config, _, train, _, _ = setup(run_config, tiny_encoder, flip_user_fields=["age", "zip_code"])
+    with pytest.raises(PromptError, match="zip_code.*load_col"):
+        build_prompts(config, train.dataset, load_tokenizer(tiny_encoder))
+
+
+# ----------------------------------------------------------------------------------- pretraining
+@pytest.mark.parametrize("objective", ["flip_mlm", "flip_mtm", "flip_icl"])
+def test_each_objective_loss_decreases(run_config, tiny_encoder, objective):
+    config, _, train, _, _ = setup(run_config, tiny_encoder)
+    model, prompts = pretraining(config, train, tiny_encoder, **{objective: True})
+    batch = next(iter(SampledLoader(train, torch.arange(64), 64, shuffle=False, prompts=prompts)))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    torch.manual_seed(0)
+    losses = []
+    # The contrast is bounded by its temperature (0.7 on cosines) and needs the most steps.
+    for _ in range({"flip_mlm": 25, "flip_mtm": 25, "flip_icl": 40}[objective]):
+        (loss,) = model.calculate_loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+
+
+def _fit(model, loader, epochs, lr=5e-3):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    torch.manual_seed(0)
+    for _ in range(epochs):
+        model.train()
+        for batch in loader:
+            loss = sum(model.calculate_loss(batch))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+
+class OtherSamplesText:
+    """The same batches with each row's prompt replaced by another row's (text view broken)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __iter__(self):
+        for batch in self.loader:
+            for key in ("input_ids", "attention_mask"):
+                batch.interaction[key] = torch.roll(batch[key], 1, dims=0)
+            yield batch
+
+
+# Diagnostics run on the training rows with fresh random masks (a short run on a tiny random
+# BERT does not generalise to unseen rows yet); the baseline always answers the most frequent value.
+def test_masked_tokens_recovered_better_than_majority(run_config, tiny_encoder):
+    config, _, train, _, _ = setup(run_config, tiny_encoder)
+    model, prompts = pretraining(config, train, tiny_encoder, flip_mlm=True)
+    loader = SampledLoader(train, torch.arange(128), 64, shuffle=True, prompts=prompts)
+    before = model.diagnostics(loader, "cpu")
+    _fit(model, loader, 5)
+    after = model.diagnostics(loader, "cpu")
+    assert after["mlm_accuracy"] > max(before["mlm_accuracy"], after["mlm_majority"]) > 0, (before, after)
+
+
+def test_masked_fields_recovered_from_the_text(run_config, tiny_encoder):
+    config, _, train, _, _ = setup(run_config, tiny_encoder)
+    model, prompts = pretraining(config, train, tiny_encoder, flip_mtm=True)
+    loader = SampledLoader(train, torch.arange(128), 64, shuffle=True, prompts=prompts)
+    before = model.diagnostics(loader, "cpu")
+    _fit(model, loader, 20)
+    torch.manual_seed(1)
+    after = model.diagnostics(loader, "cpu")
+    torch.manual_seed(1)  # the same field masks, other samples' text
+    broken = model.diagnostics(OtherSamplesText(loader), "cpu")
+    assert after["mtm_accuracy"] > max(before["mtm_accuracy"], after["mtm_majority"]) + 0.05, (before, after)
+    # The text view carries what the masked fields were: without it accuracy falls.
+    assert broken["mtm_accuracy"] < after["mtm_accuracy"] - 0.05, (after, broken)
+
+
+@pytest.mark.parametrize("backbone", ["DCNV2", "DeepFM", "AutoInt"])
+def test_backbones_views_and_losses(run_config, tiny_encoder, backbone):
+    config, model, train, _, test = setup(run_config, tiny_encoder, flip_backbone=backbone, flip_finetune="id")
+    batch = next(iter(train))
+    model.eval()
+    logit, rep = model.tabular(batch)
+    assert rep.shape == (len(batch), model.tabular.dim)
+    # The hooked forward is RecBole's own: the same probabilities as the backbone's predict.
+    assert torch.allclose(torch.sigmoid(logit), model.tabular.backbone.predict(batch), atol=1e-5)
+    pre, prompts = pretraining(config, train, tiny_encoder, flip_mlm=True, flip_mtm=True, flip_icl=True)
+    prompted = next(iter(SampledLoader(train, torch.arange(16), 16, shuffle=False, prompts=prompts)))
+    losses = pre.calculate_loss(prompted)
+    assert len(losses) == 3 and all(torch.isfinite(x) and x > 0 for x in losses)
+    sum(losses).backward()
+    assert any(p.grad is not None for p in pre.tabular.backbone.parameters())
+
+
+def test_no_objective_is_an_error(run_config, tiny_encoder):
+    config, _, train, _, _ = setup(run_config, tiny_encoder)
+    with pytest.raises(ValueError, match="at least one of flip_mlm"):
+        pretraining(config, train, tiny_encoder)
+
+
+# ----------------------------------------------------------------------------------- fine-tuning
+def test_strategies_run_and_differ(run_config, tiny_encoder):
+    scores = {}
+    for strategy in ("id", "text", "joint"):
+        config, model, train, valid, test = setup(run_config, tiny_encoder, flip_finetune=strategy)
+        trainer = FLIPTrainer(config, model)
+        trainer.fit(train, valid, saved=False)
+        result = trainer.evaluate(test, load_best_model=False)
+        assert 0 <= result["auc"] <= 1
+        batch = next(iter(test))[0]
+        model.eval()
+        scores[strategy] = model.predict(batch)
+        assert torch.isfinite(scores[strategy]).all() and ((scores[strategy] > 0) & (scores[strategy] < 1)).all()
+        has_encoder = any(n.startswith("encoder.") for n, _ in model.named_parameters())
+        assert has_encoder == (strategy != "id")
+        if strategy != "id":  # the encoder was trained by the CTR loss
+            assert any(p.grad is not None for n, p in model.named_parameters() if n.startswith("encoder."))
+        if strategy == "joint":
+            assert model.mix.grad is not None
+            assert set(trainer.stage_report) == {"pretrain", "id_warmup", "finetune"}
+            # The frozen backbone is exactly the warmed-up one, batch-norm statistics included.
+            warm = torch.load(trainer.stage_report["id_warmup"]["artifact"] + "/model.pth")["state_dict"]
+            for key, value in model.tabular.backbone.state_dict().items():
+                assert torch.equal(value.cpu(), warm[key]), key
+    assert not torch.allclose(scores["id"], scores["text"])
+    assert not torch.allclose(scores["id"], scores["joint"])
+    assert not torch.allclose(scores["text"], scores["joint"])
+
+
+def test_text_really_enters_the_joint_prediction(run_config, tiny_encoder):
+    config, model, train, valid, test = setup(run_config, tiny_encoder, flip_finetune="joint", flip_pretrain=False,
+                                              flip_id_warmup=False, flip_freeze_backbone=False)
+    trainer = FLIPTrainer(config, model)
+    trainer.fit(train, valid, saved=False)
+    batch = next(iter(test))[0]
+    model.eval()
+    before = model.predict(batch)
+    other = dict(batch.interaction)
+    other["item_id_list"] = torch.zeros_like(other["item_id_list"])  # no history: shorter prompts
+    from recbole.data.interaction import Interaction
+
+    # The ID backbone reads the history field too, so compare the text logits directly.
+    assert not torch.allclose(model.text_logit(batch), model.text_logit(Interaction(other)))
+    assert torch.allclose(before, model.predict(batch))
+
+
+# ----------------------------------------------------------------------------------- caching
+def test_stage_caching_and_invalidation(run_config, tiny_encoder):
+    files, overrides = run_config(text_encoder=tiny_encoder, **FAST)
+    result = run_recbole_cela("FLIP", "ml-tiny", files, overrides)
+    stages = result["stages"]
+    assert set(stages) == {"pretrain", "id_warmup", "finetune"}
+    assert not any(s["cached"] for s in stages.values())
+    assert stages["pretrain"]["time_s"] > 0 and "diagnostics_after" in stages["pretrain"]
+    assert 0 <= result["test_result"]["auc"] <= 1
+
+    # Second run: pretraining and the ID warm-up are reused.
+    config, model, train, valid, _ = setup(run_config, tiny_encoder)
+    trainer = FLIPTrainer(config, model)
+    trainer.fit(train, valid, saved=False)
+    assert stages_run(trainer) == {"finetune"}
+    assert trainer.stage_report["pretrain"]["artifact"] == stages["pretrain"]["artifact"]
+
+    # A changed pretraining key re-runs pretraining and everything built on it.
+    config, model, train, valid, _ = setup(run_config, tiny_encoder, flip_icl_temperature=0.5)
+    trainer = FLIPTrainer(config, model)
+    trainer.fit(train, valid, saved=False)
+    assert stages_run(trainer) == {"pretrain", "id_warmup", "finetune"}
+
+    # A fine-tuning-only key changes nothing upstream.
+    config, model, train, valid, _ = setup(run_config, tiny_encoder, flip_finetune="text")
+    trainer = FLIPTrainer(config, model)
+    trainer.fit(train, valid, saved=False)
+    assert stages_run(trainer) == {"finetune"}
+
+
+def test_bad_settings(run_config, tiny_encoder):
+    with pytest.raises(ValueError, match="flip_backbone 'DIN' is not supported"):
+        setup(run_config, tiny_encoder, flip_backbone="DIN")
+    with pytest.raises(ValueError, match="flip_finetune must be one of"):
+        setup(run_config, tiny_encoder, flip_finetune="both")
+    config, model, train, valid, _ = setup(run_config, tiny_encoder, flip_id_warmup=False)
+    with pytest.raises(ValueError, match="enable flip_id_warmup"):
+        FLIPTrainer(config, model).fit(train, valid, saved=False)
+
+
+# ----------------------------------------------------------------------------------- benchmark
+def test_benchmark_reports_flip_stages(tmp_path):
+    from recbole_cela import benchmark as bm
+
+    assert {"FLIP", "FLIP-idOnly", "FLIP-textOnly"} <= set(bm.VARIANTS)
+    assert not {"FLIP", "FLIP-idOnly", "FLIP-textOnly"} & set(bm.default_variants())  # default runs unchanged
+    assert bm.VARIANTS["FLIP-textOnly"]["args"] == ["--flip_finetune=text"]
+    stages = {"pretrain": {"time_s": 40.0, "cached": False, "items_per_s": 12.0,
+                           "diagnostics_before": {"mtm_accuracy": 0.1, "mtm_majority": 0.3},
+                           "diagnostics_after": {"mtm_accuracy": 0.5, "mtm_majority": 0.3}},
+              "id_warmup": {"time_s": 20.0, "cached": True}, "finetune": {"time_s": 60.0, "cached": False}}
+    result = {"model": "FLIP", "dataset": "ml-100k", "seed": 2020, "best_valid_score": 0.7,
+              "best_valid_result": {"auc": 0.7}, "test_result": {"auc": 0.71, "logloss": 0.6},
+              "test_auc_by_popularity": {}, "fit_time_s": 120.0, "eval_time_s": 3.0, "eval_samples_per_s": 300.0,
+              "peak_rss_mb": 900.0, "n_params": 10, "stages": stages, "config": {}, "argv": []}
+    records = [{"variant": "FLIP", "seed": 2020, "status": "ok", "result": result}]
+    agg = bm.aggregate(records, ["FLIP"])
+    assert agg["FLIP"]["stages"]["pretrain"]["time_s_mean"] == 40.0
+    assert agg["FLIP"]["stages"]["id_warmup"]["cached_any"] is True
+    assert agg["FLIP"]["stages"]["pretrain"]["diagnostics"]["diagnostics_after"]["mtm_accuracy"] == 0.5
+    settings = {"models": ["FLIP"], "seeds": [2020], "quick": False, "extra_args": [], "resume": False}
+    bm.write_report(str(tmp_path), "ml-100k", ["FLIP"], records, settings, "python -m recbole_cela.benchmark",
+                    {"train": {"samples": 10, "positives": 5}, "valid": None, "test": None})
+    md = (tmp_path / "ml-100k.md").read_text()
+    assert "## FLIP stages" in md and "20.00 (cached)" in md and "mtm_accuracy" in md
