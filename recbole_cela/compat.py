@@ -114,10 +114,17 @@ def _safe_save_checkpoint(self, epoch, verbose=True, **kwargs):
         "state_dict": self.model.state_dict(),
         "other_parameter": _tensor_entries(self.model.other_parameter()),
         "optimizer": self.optimizer.state_dict(),
+        "plugin": {"name": "recbole_cela", "version": _plugin_version()},
     }
     atomic_torch_save(state, saved_model_file)
     if verbose:
         self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+
+def _plugin_version():
+    from recbole_cela import __version__
+
+    return __version__
 
 
 def apply():

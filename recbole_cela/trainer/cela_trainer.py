@@ -232,6 +232,10 @@ class CELATrainer(Trainer):
         if self.config["use_text"]:
             table, encoder_path = self.prepare_text(train_data, valid_data)
             self.model.set_text_table(table)
+            # Recorded in the checkpoint's config: what new items are encoded with, and the data
+            # the run was trained on (recbole_cela.new_items checks both).
+            self.config["cela_encoder"] = encoder_path
+            self.config["cela_data"] = data_fingerprint(self.config["data_path"], self.config["dataset"])
             if self.config["finetune_encoder"]:
                 self.model.attach_encoder(load_encoder(encoder_path).to(self.device), self.tokenized)
                 self.optimizer = self._build_optimizer()
