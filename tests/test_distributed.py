@@ -18,7 +18,8 @@ from recbole_cela.text.encoder import load_encoder, load_tokenizer
 from recbole_cela.text.items import ItemTextLoader, TokenizedItems, encode_items
 
 REPO = Path(__file__).parents[1]
-FAST = {"dap_epochs": 1, "align_epochs": 2, "epochs": 3, "dap_batch_size": 32, "align_batch_size": 32,
+WIDE_USERS, RATINGS_PER_USER = 300, 12
+FAST = {"dap_epochs": 1, "align_epochs": 1, "epochs": 3, "dap_batch_size": 32, "align_batch_size": 32,
         "text_trainable_layers": -1, "max_text_length": 32, "eval_text_batch_size": 64,
         "stopping_step": 10}
 # The two runs train on the same items and samples per step, but not bit-identically: each
@@ -37,8 +38,33 @@ def free_port():
 
 
 @pytest.fixture(scope="module")
-def runs(ml_slice, tiny_encoder, tmp_path_factory):
+def ml_wide(tmp_path_factory):
+    """ml-100k's first WIDE_USERS users, each with their last RATINGS_PER_USER ratings, as 'ml-wide'.
+
+    The test split holds one sample per user: many users with few ratings give a test set large
+    enough for an AUC comparison at about the cost of the 40-user slice."""
+    import pandas as pd
+
+    import recbole
+
+    ML_100K = Path(recbole.__file__).parent / "dataset_example" / "ml-100k"
+
+    folder = tmp_path_factory.mktemp("raw-wide") / "ml-wide"
+    folder.mkdir()
+    inter = pd.read_csv(ML_100K / "ml-100k.inter", sep="\t")
+    user, time_col = inter.columns[0], inter.columns[3]
+    users = inter[user].drop_duplicates().iloc[:WIDE_USERS]
+    inter = inter[inter[user].isin(users)].sort_values([user, time_col], kind="stable")
+    inter.groupby(user).tail(RATINGS_PER_USER).to_csv(folder / "ml-wide.inter", sep="\t", index=False)
+    for suffix in ("item", "user"):
+        (folder / f"ml-wide.{suffix}").write_bytes((ML_100K / f"ml-100k.{suffix}").read_bytes())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def runs(ml_wide, tiny_encoder, tmp_path_factory):
     """The same CELA run in one process and in two."""
+    ml_slice = ml_wide
     root = tmp_path_factory.mktemp("ddp")
     files = [str(REPO / "dataset_configs" / "ml-100k.yaml")]
     results, configs = {}, {}
@@ -50,7 +76,7 @@ def runs(ml_slice, tiny_encoder, tmp_path_factory):
             "text_encoder": tiny_encoder, **FAST,
         }
         configs[nproc] = dict(config)
-        results[nproc] = run("CELA", "ml-tiny", files, config, nproc=nproc, port=free_port())
+        results[nproc] = run("CELA", "ml-wide", files, config, nproc=nproc, port=free_port())
     results["files"], results["configs"] = files, configs
     return results
 
@@ -97,7 +123,7 @@ def _texts(files, config_dict):
     from recbole_cela.quick_start import build_config
     from recbole_cela.text.items import item_texts
 
-    _, config = build_config("CELA", "ml-tiny", files, dict(config_dict))
+    _, config = build_config("CELA", "ml-wide", files, dict(config_dict))
     return item_texts(config, create_dataset(config))
 
 
