@@ -195,6 +195,17 @@ def run_benchmark(dataset, n_items, seed, out, overrides, base_dir, command, con
     return report
 
 
+def _value(text):
+    """A --key=value value: JSON numbers / lists / dicts, True/False/None in any case, else text."""
+    words = {"true": True, "false": False, "none": None, "null": None}
+    if text.lower() in words:
+        return words[text.lower()]
+    try:
+        return json.loads(text) if text[:1] in "[{0123456789-." else text
+    except json.JSONDecodeError:
+        return text
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-100k")
@@ -208,7 +219,7 @@ def main(argv=None):
         if not item.startswith("--") or "=" not in item:
             sys.exit(f"error: expected --key=value, got '{item}'")
         key, value = item[2:].split("=", 1)
-        overrides[key] = json.loads(value) if value[:1] in "[{0123456789-" or value in ("true", "false") else value
+        overrides[key] = _value(value)
     command = "python -m recbole_cela.benchmark_new_items " + " ".join(argv if argv is not None else sys.argv[1:])
     sys.argv = sys.argv[:1]  # RecBole's Config reads sys.argv: the overrides go through config_dict
     report = run_benchmark(args.dataset, args.n_items, args.seed, args.out, overrides, args.base_dir, command)

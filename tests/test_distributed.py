@@ -74,6 +74,8 @@ def runs(ml_wide, tiny_encoder, tmp_path_factory):
             "checkpoint_dir": str(root / f"saved-{nproc}"), "results_dir": str(root / f"results-{nproc}"),
             "show_progress": False, "train_batch_size": 256, "state": "WARNING",
             "text_encoder": tiny_encoder, **FAST,
+            # every ml-100k user has >= 20 ratings: histories here are exactly 0..11 items long
+            "max_history": RATINGS_PER_USER - 1, "MAX_ITEM_LIST_LENGTH": RATINGS_PER_USER - 1,
         }
         configs[nproc] = dict(config)
         results[nproc] = run("CELA", "ml-wide", files, config, nproc=nproc, port=free_port())
