@@ -179,7 +179,9 @@ Command: `{report['command']}`
 
 Base data: {report['base']['items']} items, {report['base']['samples']} samples ({report['settings']['base_items']:.0%}
 of `{report['dataset']}`'s items, seed {report['settings']['seed']}). Settings: {json.dumps(report['settings']['overrides'])}.
-Machine: {report['machine']}. Stage wall times in seconds, one fresh run (no cache) each.
+Machine: {report['machine']}. Stage wall times in seconds, one fresh run (no cache) each; a
+configuration listed twice was run again later (under less load), and the growth figures use
+its last run.
 
 {chr(10).join(lines)}
 
@@ -218,6 +220,8 @@ def main(argv=None):
     parser.add_argument("--out", default="docs/benchmarks")
     parser.add_argument("--base_dir", default="dataset")
     parser.add_argument("--saved_dir", default="saved/scaling")
+    parser.add_argument("--append", action="store_true",
+                        help="add these runs to the existing report (e.g. to repeat a run measured under load)")
     parser.add_argument("--config_files", default=None, help="space-separated config files (default: the dataset's)")
     args, rest = parser.parse_known_args(argv)
     overrides = {}
@@ -242,6 +246,12 @@ def main(argv=None):
     report = {"dataset": args.dataset, "command": command, "runs": [],
               "settings": {"base_items": args.base_items, "seed": args.seed, "overrides": overrides},
               "machine": f"{os.cpu_count()} CPU cores"}
+    path = os.path.join(args.out, f"{args.dataset}-scaling.json")
+    if args.append and os.path.isfile(path):
+        with open(path) as f:
+            previous = json.load(f)
+        report["runs"] = previous["runs"]
+        report["command"] = previous["command"] + "; then " + command
     plan = [("base", 1, n) for n in nprocs]
     plan += [(s, k, 1) for k in factors if k > 1 for s in ("items+interactions", "interactions")]
     for series, k, nproc in plan:
