@@ -143,8 +143,8 @@ def plot(report, path):
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, series in zip(axes, ["items+interactions", "interactions"]):
-        runs = [r for r in report["runs"] if r["series"] in (series, "base") and r["nproc"] == 1]
-        runs.sort(key=lambda r: r["factor"])
+        last = {r["factor"]: r for r in report["runs"] if r["series"] in (series, "base") and r["nproc"] == 1}
+        runs = [last[k] for k in sorted(last)]  # a repeated configuration: its last run
         for stage in STAGES:
             ax.plot([r["factor"] for r in runs], [r["stages_s"].get(stage, 0) for r in runs], marker="o", label=stage)
         ax.set_title(f"{series} x k (1 process)")
@@ -188,6 +188,9 @@ its last run.
 Growth from 1x to the largest factor (1 process):
 
 {chr(10).join(growth)}
+
+Text stages (dap, align, table) work per item, ID stages (backbone, fusion) per sample: compare
+the two lines above stage by stage (the first series multiplies both, the second only samples).
 
 ![stage times](./{report['dataset']}-scaling.png)
 
