@@ -17,6 +17,10 @@ Four failures were measured with recbole 1.2.1 on numpy 2 / pandas 3 / torch >= 
    produce by this trainer are loaded exactly as strictly as torch loads anything else.
 4. pandas 3 (copy-on-write by default) breaks RecBole's id remapping; pandas is pinned < 3 in
    ``pyproject.toml``.
+5. RecBole's distributed trainer passes ``device_ids=[local_rank]`` to ``DistributedDataParallel``
+   and converts BatchNorm to ``SyncBatchNorm``, both CUDA-only: ``AbstractTrainer.__init__`` is
+   replaced by :func:`recbole_cela.distributed.ddp_trainer_init`, identical on a GPU and in a
+   single process, which on a CPU (gloo) wraps the model without them.
 
 :func:`apply` is idempotent and is called when :mod:`recbole_cela` is imported.
 """
@@ -110,10 +114,17 @@ def _safe_save_checkpoint(self, epoch, verbose=True, **kwargs):
         "state_dict": self.model.state_dict(),
         "other_parameter": _tensor_entries(self.model.other_parameter()),
         "optimizer": self.optimizer.state_dict(),
+        "plugin": {"name": "recbole_cela", "version": _plugin_version()},
     }
     atomic_torch_save(state, saved_model_file)
     if verbose:
         self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+
+def _plugin_version():
+    from recbole_cela import __version__
+
+    return __version__
 
 
 def apply():
@@ -123,7 +134,11 @@ def apply():
         return
     from recbole.config import Config
     from recbole.trainer import Trainer
+    from recbole.trainer.trainer import AbstractTrainer
+
+    from recbole_cela.distributed import ddp_trainer_init
 
     Config.compatibility_settings = _numpy_compatibility_settings
     Trainer._save_checkpoint = _safe_save_checkpoint
+    AbstractTrainer.__init__ = ddp_trainer_init
     _APPLIED = True

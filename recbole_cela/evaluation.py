@@ -58,3 +58,8 @@ def auc_by_popularity(scores, labels, items, popularity, bounds):
             "auc": float(roc_auc_score(labels[mask], scores[mask])) if both_classes else None,
         }
     return result
+
+
+def overall_auc(scores, labels):
+    """AUC over all samples (None when only one class is present)."""
+    return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else None

@@ -21,14 +21,14 @@ from logging import getLogger
 import psutil
 import torch
 import torch.distributed as dist
-from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_environment, init_logger, set_color
 
 import recbole_cela  # noqa: F401  (applies the compatibility fixes)
 from recbole_cela.compat import plain
 from recbole_cela.data import prepare_from_config
-from recbole_cela.evaluation import auc_by_popularity, item_popularity, predict_labeled
+from recbole_cela.distributed import Config, all_gather_object, barrier, broadcast_object
+from recbole_cela.evaluation import auc_by_popularity, item_popularity, overall_auc, predict_labeled
 from recbole_cela.utils import (
     PluginConfigError,
     dataset_config_file,
@@ -131,11 +131,14 @@ def run_recbole_cela(
     model = model_class(config, train_data._dataset).to(config["device"])
     logger.info(model)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    # RecBole names the checkpoint by each process's clock: every rank must load rank 0's file.
+    trainer.saved_model_file = broadcast_object(trainer.saved_model_file)
 
     start = time.time()
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
+    barrier()  # rank 0 has written the best checkpoint before any rank loads it
     fit_time = time.time() - start
 
     start = time.time()
@@ -149,7 +152,14 @@ def run_recbole_cela(
         train_data.dataset, config["ITEM_ID_FIELD"], config["LABEL_FIELD"]
     )
     scores, labels, items = predict_labeled(trainer.model, test_data, config)
+    if not config["single_spec"]:
+        # Under DDP each process scores its shard of the test set (RecBole's test_result is the
+        # mean of the shards' metrics); gather every prediction once, by sample index.
+        index = list(test_data.sampler)
+        shards = all_gather_object((index, scores, labels, items))
+        scores, labels, items = gather_by_index(shards, n_test)
     buckets = auc_by_popularity(scores, labels, items, popularity, config["popularity_buckets"])
+    test_auc_all = overall_auc(scores, labels)
 
     logger.info(
         "The running environment of this training is as follows:\n"
@@ -168,6 +178,8 @@ def run_recbole_cela(
         "best_valid_result": plain(dict(best_valid_result or {})),
         "test_result": plain(dict(test_result or {})),
         "test_auc_by_popularity": buckets,
+        "test_auc_all_samples": test_auc_all,
+        "world_size": 1 if config["single_spec"] else config["world_size"],
         "fit_time_s": fit_time,
         "eval_time_s": eval_time,
         "eval_samples_per_s": n_test / eval_time if eval_time > 0 else None,
@@ -188,6 +200,23 @@ def run_recbole_cela(
     if config["local_rank"] == 0 and queue is not None:
         queue.put(result)
     return result
+
+
+def gather_by_index(shards, n):
+    """(scores, labels, items) of all ``n`` samples from per-rank ``(index, scores, labels,
+    items)``; DistributedSampler pads the shards with repeated samples, which are dropped."""
+    import numpy as np
+
+    out = [np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64)]
+    seen = np.zeros(n, dtype=bool)
+    for index, *values in shards:
+        index = np.asarray(index, dtype=np.int64)
+        for target, value in zip(out, values):
+            target[index] = value
+        seen[index] = True
+    if not seen.all():
+        raise RuntimeError(f"{int((~seen).sum())} test samples were scored by no process")
+    return tuple(out)
 
 
 def _run_rank(rank, model, dataset, config_file_list, kwargs):

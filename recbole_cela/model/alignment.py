@@ -46,13 +46,19 @@ class ItemAlignment(nn.Module):
         return F.cross_entropy(logits.float(), torch.arange(len(text), device=text.device))
 
     @torch.no_grad()
-    def retrieval(self, loader):
-        """Text->ID retrieval over all items of ``loader``: recall@1, recall@10, mean rank."""
+    def text_vectors_of(self, loader):
+        """(projected text vectors, item ids) of every item of ``loader``."""
         texts, items = [], []
         for batch in loader:
             texts.append(self.text_vectors(batch.to(self.id_table.device)))
             items.append(batch["item_id"].to(self.id_table.device))
-        text, items = torch.cat(texts), torch.cat(items)
+        return torch.cat(texts), torch.cat(items)
+
+    @torch.no_grad()
+    def retrieval(self, loader, vectors=None):
+        """Text->ID retrieval over all items of ``loader`` (or of precomputed ``vectors``, a
+        (text vectors, item ids) pair): recall@1, recall@10, mean rank."""
+        text, items = vectors if vectors is not None else self.text_vectors_of(loader)
         scores = text @ self.id_vectors(items).T
         rank = (scores > scores.diagonal().unsqueeze(1)).sum(1) + 1  # rank of the own ID vector
         return {

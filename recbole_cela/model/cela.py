@@ -45,6 +45,11 @@ class CELA(AbstractRecommender):
     def set_text_table(self, table):
         self.backbone.item_text.set_table(table.to(self.backbone.item_text.text_table.device))
 
+    def add_text_items(self, vectors):
+        """Items known by their text only (see ``recbole_cela.new_items``): appends their text
+        vectors and returns their internal ids; the ID part sees them as the padding item."""
+        return self.backbone.item_text.add_rows(vectors)
+
     def attach_encoder(self, encoder, tokenized):
         """End-to-end variant: the encoder trains inside the CTR loss (slow; for comparison)."""
         from recbole_cela.text.encoder import encode

@@ -14,6 +14,12 @@ RecBole's backbones are reused, not copied:
   backbone sizes its layers (the mixin sits between the backbone and ``ContextRecommender``);
 * DIN reads item fields through its ``ContextSeqEmbLayer``: the text fields are appended to the
   item embeddings it returns, and DIN's attention and MLP are sized for the wider items.
+
+Items added after training from their text alone (:mod:`recbole_cela.new_items`) get ids from
+``item_num`` on: their text rows are appended to the table, and the ID part of the backbone sees
+them as the padding item 0, i.e. with RecBole's default for an unknown token in every item-side
+ID feature (item id, and item features such as year or genre). Without added items nothing of
+this runs.
 """
 
 import torch
@@ -34,6 +40,7 @@ class ItemTextProjection(nn.Module):
         super().__init__()
         self.fields, self.embedding_size, self.normalize = fields, embedding_size, normalize
         self.register_buffer("text_table", torch.zeros(n_items, text_dim))
+        self.n_id_items = n_items  # items the ID embeddings know; rows beyond are added items
         self.proj = projection_head(text_dim, fields * embedding_size)
         self.encoder_fn = None  # end-to-end variant: computes rows of the table on the fly
         self._projected = None
@@ -43,6 +50,24 @@ class ItemTextProjection(nn.Module):
             raise ValueError(f"text table of shape {tuple(table.shape)}, expected {tuple(self.text_table.shape)}")
         self.text_table.copy_(table)
         self._projected = None
+
+    def add_rows(self, vectors):
+        """Append the text vectors of new items; returns their ids (``item_num`` onwards)."""
+        start = len(self.text_table)
+        vectors = vectors.to(self.text_table.device, self.text_table.dtype)
+        self.text_table = torch.cat([self.text_table, vectors])  # still the registered buffer
+        self._projected = None
+        return torch.arange(start, start + len(vectors))
+
+    @property
+    def has_added_items(self):
+        return len(self.text_table) > self.n_id_items
+
+    def id_items(self, items):
+        """Item ids as the ID part of the backbone sees them: an added item is item 0."""
+        if not self.has_added_items:
+            return items
+        return items.masked_fill(items >= self.n_id_items, 0)
 
     def train(self, mode=True):
         self._projected = None  # the eval-time cache is stale as soon as training resumes
@@ -96,16 +121,38 @@ class ContextTextFusion(ContextRecommender):
         self.history_field = history if history in dataset.field2type else None
         self.item_text = _text_projection(config, dataset)
         self.num_feature_field += self.item_text.fields * (2 if self.history_field else 1)
+        self._text_source = None
 
     def concat_embed_input_fields(self, interaction):
         fields = [super().concat_embed_input_fields(interaction)]
-        fields.append(self.item_text(interaction[self.item_field]))
+        text_source = self._text_source if self._text_source is not None else interaction
+        fields.append(self.item_text(text_source[self.item_field]))
         if self.history_field:
-            seq = interaction[self.history_field]
+            seq = text_source[self.history_field]
             mask = (seq != 0).float().unsqueeze(-1).unsqueeze(-1)
             text = (self.item_text(seq) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
             fields.append(text)
         return torch.cat(fields, dim=1)
+
+
+class _AddedItemView:
+    """First base of a fused context-aware backbone: with added items present, the backbone
+    reads an interaction whose added items are item 0, and the text part reads the real ids."""
+
+    def forward(self, interaction):
+        if not self.item_text.has_added_items:
+            return super().forward(interaction)
+        from recbole.data.interaction import Interaction
+
+        view = Interaction(dict(interaction.interaction))
+        for field in (self.item_field, self.history_field):
+            if field:
+                view.interaction[field] = self.item_text.id_items(interaction[field])
+        self._text_source = interaction
+        try:
+            return super().forward(view)
+        finally:
+            self._text_source = None
 
 
 class _TextSeqEmbedding(nn.Module):
@@ -116,7 +163,7 @@ class _TextSeqEmbedding(nn.Module):
         self.layer, self.item_text = layer, item_text
 
     def forward(self, user_idx, item_idx):
-        sparse, dense = self.layer(user_idx, item_idx)
+        sparse, dense = self.layer(user_idx, self.item_text.id_items(item_idx))
         text = self.item_text(item_idx)
         sparse["item"] = text if sparse["item"] is None else torch.cat([sparse["item"], text], dim=-2)
         return sparse, dense
@@ -143,7 +190,7 @@ def fused_backbone(backbone_class):
     if issubclass(backbone_class, DIN):
         return DINTextFusion if backbone_class is DIN else type(f"Text{backbone_class.__name__}", (backbone_class, DINTextFusion), {})
     if issubclass(backbone_class, ContextRecommender):
-        return type(f"Text{backbone_class.__name__}", (backbone_class, ContextTextFusion), {})
+        return type(f"Text{backbone_class.__name__}", (_AddedItemView, backbone_class, ContextTextFusion), {})
     raise ValueError(
         f"backbone '{backbone_class.__name__}' is not supported by CELA: use DIN or a RecBole "
         "context-aware model (DeepFM, DCNV2, AutoInt, WideDeep, xDeepFM, FM, ...)."

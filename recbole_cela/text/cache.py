@@ -57,12 +57,13 @@ class StageCache:
             return json.load(f)
 
     @contextlib.contextmanager
-    def writing(self, path, info):
+    def writing(self, path, info, start=None):
         """Yield a temporary folder; on success it becomes ``path`` with ``info`` in stage.json.
 
-        ``stage.json`` also records ``time_s``, the wall time it took to make the artifact, so a
-        run that reuses it can still report what the stage cost end to end."""
-        start = time.time()
+        ``stage.json`` also records ``time_s``, the wall time it took to make the artifact (from
+        ``start``, default: entering this block), so a run that reuses it can still report what
+        the stage cost end to end."""
+        start = time.time() if start is None else start
         os.makedirs(self.root, exist_ok=True)
         for name in os.listdir(self.root):  # leftovers of killed runs of this stage
             if name.startswith(os.path.basename(path) + ".tmp-"):

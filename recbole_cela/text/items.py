@@ -96,7 +96,14 @@ class ItemTextLoader:
     Training order: shuffled (seeded per epoch), then sorted by length inside windows of
     ``bucket`` batches, so batches hold texts of similar length (little padding) while the
     order still changes every epoch. ``shuffle=False`` sorts all items by length (encoding).
-    With ``world_size > 1`` each process takes every ``world_size``-th batch.
+
+    With ``world_size > 1`` (DistributedDataParallel) the batches are those of one process:
+    training (``shuffle=True``) splits each batch into ``world_size`` parts and process ``rank``
+    takes its part, so one synchronised step covers exactly the items of the single-process step
+    and every process has the same number of steps (a part left empty by a tiny last batch
+    repeats that batch's first item); evaluation (``shuffle=False``) gives each process every
+    ``world_size``-th whole batch, so every item is encoded in exactly the batch (same padding)
+    it has in a single process.
     """
 
     def __init__(self, tokenized, items, batch_size, shuffle, seed=0, bucket=50, rank=0, world_size=1):
@@ -111,6 +118,11 @@ class ItemTextLoader:
 
     def set_epoch(self, epoch):
         self.epoch = epoch
+
+    @property
+    def sampler(self):
+        """RecBole's distributed trainer calls ``train_data.sampler.set_epoch(epoch)``."""
+        return self
 
     def _batches(self):
         items, lengths = self.items, self.tokenized.lengths[self.items]
@@ -127,14 +139,17 @@ class ItemTextLoader:
             batches = list(torch.split(items, self.batch_size))
             order = torch.randperm(len(batches), generator=generator).tolist()
             batches = [batches[i] for i in order]
-        else:
-            items = items[torch.argsort(lengths, stable=True)]
-            batches = list(torch.split(items, self.batch_size))
+            if self.world_size > 1:
+                parts = [torch.tensor_split(b, self.world_size)[self.rank] for b in batches]
+                batches = [p if len(p) else b[:1] for p, b in zip(parts, batches)]
+            return batches
+        items = items[torch.argsort(lengths, stable=True)]
+        batches = list(torch.split(items, self.batch_size))
         return batches[self.rank :: self.world_size]
 
     def __len__(self):
         n = -(-len(self.items) // self.batch_size)
-        return len(range(self.rank, n, self.world_size))
+        return n if self.shuffle else len(range(self.rank, n, self.world_size))
 
     def __iter__(self):
         for items in self._batches():
@@ -143,22 +158,33 @@ class ItemTextLoader:
 
 
 @torch.inference_mode()
-def encode_items(encoder, tokenized, pooling, batch_size, device, items=None):
+def encode_items(encoder, tokenized, pooling, batch_size, device, items=None, rank=0, world_size=1):
     """Pooled vectors of ``items`` (default: all), [len(items), hidden], in item order.
 
-    No autograd, no dropout, batches sorted by length (little padding).
+    No autograd, no dropout, batches sorted by length (little padding). With ``world_size > 1``
+    (called by every process of a distributed run) each process encodes its shard of the batches
+    and the shards are gathered: every process returns the whole table, identical to the one a
+    single process computes (same batches, so the same padding and the same arithmetic).
     """
+    from recbole_cela.distributed import all_gather_object
     from recbole_cela.text.encoder import autocast, encode
 
     encoder.eval()
     items = torch.arange(len(tokenized)) if items is None else torch.as_tensor(items)
-    loader = ItemTextLoader(tokenized, items, batch_size, shuffle=False)
+    loader = ItemTextLoader(tokenized, items, batch_size, shuffle=False, rank=rank, world_size=world_size)
     out = torch.zeros(len(items), encoder.config.hidden_size)
     position = torch.empty(int(items.max()) + 1, dtype=torch.long)
     position[items] = torch.arange(len(items))
+    done, vectors_done = [], []
     for batch in loader:
         batch = batch.to(device)
         with autocast(device):
             vectors = encode(encoder, batch["input_ids"], batch["attention_mask"], pooling)
-        out[position[batch["item_id"].cpu()]] = vectors.float().cpu()
+        done.append(batch["item_id"].cpu())
+        vectors_done.append(vectors.float().cpu())
+    shards = [(torch.cat(done), torch.cat(vectors_done))] if done else []
+    if world_size > 1:
+        shards = [s for part in all_gather_object(shards) for s in part]
+    for ids, vectors in shards:
+        out[position[ids]] = vectors
     return out

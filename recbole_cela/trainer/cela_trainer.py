@@ -9,10 +9,19 @@ Stage 3  this Trainer       fresh backbone fused with the text table       RecBo
 Each artifact is cached by :class:`recbole_cela.text.cache.StageCache` under
 ``cela_dir`` (default ``<checkpoint_dir>/cela/<dataset>``). The ablation switches ``dap``,
 ``align``, ``use_text`` and ``finetune_encoder`` only change which stages run.
+
+Distributed (``--nproc``/``--world_size``, see docs/distributed.md): every stage runs in every
+process. Stages 1 and 2b train under DistributedDataParallel on per-process parts of each item
+batch, stage 2a and stage 3 are RecBole's distributed trainer (DistributedSampler), the table
+is encoded in shards and gathered. Only rank 0 writes artifacts (atomically, as in a single
+process); the others wait on a barrier and read them. Whether a stage is cached is rank 0's
+decision, broadcast to all.
 """
 
 import os
+import shutil
 import time
+import uuid
 
 import torch
 from recbole.trainer import Trainer
@@ -20,6 +29,7 @@ from recbole.utils import get_model as recbole_get_model
 from recbole.utils import set_color
 
 from recbole_cela.compat import atomic_torch_save, plain
+from recbole_cela.distributed import barrier, broadcast_object, is_main, rank, world_size
 from recbole_cela.model.alignment import ItemAlignment
 from recbole_cela.model.dap import DomainAdaptivePretraining
 from recbole_cela.model.fusion import item_id_vectors
@@ -62,6 +72,18 @@ class CELATrainer(Trainer):
         state = "reused" if cached else "done"
         self.logger.info(set_color(f"CELA stage [{stage}] {state}", "green") + f": {plain(entry)}")
 
+    def _is_complete(self, path):
+        return broadcast_object(self.cache.is_complete(path))
+
+    def _scratch_file(self, path):
+        """A checkpoint file beside ``path`` that every process agrees on (rank 0 names it). Its
+        folder starts with ``<stage>-<key>.tmp-``, so a killed run's one is cleared next time."""
+        folder = broadcast_object(f"{path}.tmp-train-{uuid.uuid4().hex[:8]}")
+        if is_main():
+            os.makedirs(folder, exist_ok=True)
+        barrier()
+        return os.path.join(folder, "checkpoint.pth")
+
     def _keys(self, names):
         return {k: plain(self.config[k]) for k in names}
 
@@ -82,39 +104,45 @@ class CELATrainer(Trainer):
     def _loaders(self, prefix, seed):
         train_items, valid_items = split_items(len(self.tokenized), self.config[f"{prefix}_valid_ratio"], seed)
         batch = self.config[f"{prefix}_batch_size"]
-        return (ItemTextLoader(self.tokenized, train_items, batch, shuffle=True, seed=seed),
-                ItemTextLoader(self.tokenized, valid_items, batch, shuffle=False))
+        shard = {"rank": rank(), "world_size": world_size()}
+        return (ItemTextLoader(self.tokenized, train_items, batch, shuffle=True, seed=seed, **shard),
+                ItemTextLoader(self.tokenized, valid_items, batch, shuffle=False, **shard))
 
     def _train_text_stage(self, stage, trainer_class, model, path, key, seed):
-        """Fit a text stage into a temporary folder, keep its best epoch, save it atomically."""
+        """Fit a text stage (every process), keep its best epoch, save it atomically (rank 0)."""
+        stage_start = time.time()
         train_loader, valid_loader = self._loaders(stage, seed)
-        meta = {"stage": stage, "key": key}
-        with self.cache.writing(path, meta) as tmp:
-            trainer = trainer_class(self.config, model, os.path.join(tmp, "checkpoint.pth"))
-            before = trainer.diagnostics(valid_loader)
-            start = time.time()
-            trainer.fit(train_loader, valid_loader, saved=True, show_progress=self.config["show_progress"])
-            fit_time = time.time() - start
-            trainer.load_best()
-            after = trainer.diagnostics(valid_loader)
-            os.remove(trainer.saved_model_file)
-            model.encoder.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
+        checkpoint = self._scratch_file(path)
+        trainer = trainer_class(self.config, model, checkpoint)
+        before = trainer.diagnostics(valid_loader)
+        start = time.time()
+        trainer.fit(train_loader, valid_loader, saved=True, show_progress=self.config["show_progress"])
+        fit_time = time.time() - start
+        barrier()  # rank 0 has written the best epoch
+        trainer.load_best()
+        after = trainer.diagnostics(valid_loader)
+        barrier()  # every process has read it
+        if is_main():
             epochs = len(trainer.train_loss_dict)
-            meta["report"] = plain({
+            meta = {"stage": stage, "key": key, "world_size": world_size(), "report": plain({
                 "diagnostics_before": before,
                 "diagnostics_after": after,
                 "epochs": epochs,
                 "items_per_s": len(train_loader.items) * epochs / max(fit_time, 1e-9),
-            })
-        return meta["report"]
+            })}
+            with self.cache.writing(path, meta, start=stage_start) as tmp:
+                model.encoder.save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
+            shutil.rmtree(os.path.dirname(checkpoint), ignore_errors=True)
+        barrier()
+        return self.cache.info(path)["report"]
 
     # ----------------------------------------------------------------------------- stages
     def stage_dap(self, encoder_path, base):
         key = fingerprint({**base, **self._keys(DAP_KEYS), "seed": self.config["seed"]})
         path = self.cache.path("dap", key)
         start = time.time()
-        if self.cache.is_complete(path):
+        if self._is_complete(path):
             self._report("dap", start, True, path, **self.cache.info(path).get("report", {}))
             return path, self.cache.run_id(path)
         encoder = freeze_below(load_encoder(encoder_path, masked_lm=True), self.config["text_trainable_layers"])
@@ -131,14 +159,18 @@ class CELATrainer(Trainer):
         path = self.cache.path("backbone", key)
         start = time.time()
         backbone = recbole_get_model(name)(self.config, train_data.dataset).to(self.device)
-        if not self.cache.is_complete(path):
-            with self.cache.writing(path, {"stage": "backbone", "key": key, "backbone": name}) as tmp:
-                trainer = Trainer(self.config, backbone)
-                trainer.saved_model_file = os.path.join(tmp, "checkpoint.pth")
-                score, result = trainer.fit(train_data, valid_data, saved=True, show_progress=self.config["show_progress"])
+        if not self._is_complete(path):
+            trainer = Trainer(self.config, backbone)  # RecBole's (distributed) trainer
+            trainer.saved_model_file = self._scratch_file(path)
+            score, result = trainer.fit(train_data, valid_data, saved=True, show_progress=self.config["show_progress"])
+            barrier()
+            if is_main():
+                info = {"stage": "backbone", "key": key, "backbone": name, "world_size": world_size()}
                 state = torch.load(trainer.saved_model_file, map_location="cpu")["state_dict"]
-                os.remove(trainer.saved_model_file)
-                atomic_torch_save({"state_dict": state, "valid": plain(dict(result or {}))}, os.path.join(tmp, "model.pth"))
+                with self.cache.writing(path, info, start=start) as tmp:
+                    atomic_torch_save({"state_dict": state, "valid": plain(dict(result or {}))}, os.path.join(tmp, "model.pth"))
+                shutil.rmtree(os.path.dirname(trainer.saved_model_file), ignore_errors=True)
+            barrier()
             cached = False
         else:
             cached = True
@@ -152,7 +184,7 @@ class CELATrainer(Trainer):
                            "seed": self.config["seed"]})
         path = self.cache.path("align", key)
         start = time.time()
-        if self.cache.is_complete(path):
+        if self._is_complete(path):
             self._report("align", start, True, path, **self.cache.info(path).get("report", {}))
             return path, self.cache.run_id(path)
         id_table = item_id_vectors(backbone, dataset).cpu()
@@ -166,12 +198,17 @@ class CELATrainer(Trainer):
         key = fingerprint({"upstream": upstream_id, "pooling": self.config["text_pooling"]})
         path = self.cache.path("table", key)
         start = time.time()
-        if not self.cache.is_complete(path):
-            with self.cache.writing(path, {"stage": "table", "key": key, "encoder": encoder_path}) as tmp:
-                encoder = load_encoder(encoder_path).to(self.device)
-                table = encode_items(encoder, self.tokenized, self.config["text_pooling"],
-                                     self.config["eval_text_batch_size"], self.device)
-                atomic_torch_save(table, os.path.join(tmp, "item_text.pt"))
+        if not self._is_complete(path):
+            # Every process encodes its shard of the items; all get the gathered table.
+            encoder = load_encoder(encoder_path).to(self.device)
+            table = encode_items(encoder, self.tokenized, self.config["text_pooling"],
+                                 self.config["eval_text_batch_size"], self.device,
+                                 rank=rank(), world_size=world_size())
+            if is_main():
+                info = {"stage": "table", "key": key, "encoder": encoder_path, "world_size": world_size()}
+                with self.cache.writing(path, info, start=start) as tmp:
+                    atomic_torch_save(table, os.path.join(tmp, "item_text.pt"))
+            barrier()
             cached = False
         else:
             cached = True
@@ -198,9 +235,17 @@ class CELATrainer(Trainer):
         if self.config["use_text"]:
             table, encoder_path = self.prepare_text(train_data, valid_data)
             self.model.set_text_table(table)
+            # Recorded in the checkpoint's config: what new items are encoded with, and the data
+            # the run was trained on (recbole_cela.new_items checks both).
+            self.config["cela_encoder"] = encoder_path
+            self.config["cela_data"] = data_fingerprint(self.config["data_path"], self.config["dataset"])
             if self.config["finetune_encoder"]:
                 self.model.attach_encoder(load_encoder(encoder_path).to(self.device), self.tokenized)
                 self.optimizer = self._build_optimizer()
+                if not self.config["single_spec"]:  # new parameters: wrap the model again
+                    from recbole_cela.distributed import ddp_trainer_init
+
+                    ddp_trainer_init(self, self.config, self.model)
         # Whether stages ran or came from the cache changes how much randomness was drawn:
         # re-seed so that stage 3 (and so the predictions) depends on the seed alone.
         init_seed(self.config["seed"] + self.config["local_rank"], self.config["reproducibility"])

@@ -4,12 +4,22 @@ RecBole's ``Trainer`` does the epoch loop, progress bars, loss logging, early st
 checkpointing; a text stage only changes what "validation" means (the stage's loss on held-out
 items, lower is better) and reads its own epochs / learning rate / batch size from prefixed
 keys (``dap_epochs``, ``align_learning_rate``, ...).
+
+Distributed (``--nproc`` > 1): RecBole's ``Trainer`` wraps the stage model in
+``DistributedDataParallel`` and synchronises the gradients of each step; the item loaders give
+each process its part of every batch (:class:`recbole_cela.text.items.ItemTextLoader`), and the
+validation loss is summed over all processes, so every process takes the same early-stopping
+decision. On a GPU the stage trains under bf16 autocast (``text_amp``); on a CPU it does not.
 """
 
+import contextlib
 import copy
 
 import torch
 from recbole.trainer import Trainer
+
+from recbole_cela.distributed import all_reduce_sum
+from recbole_cela.text.encoder import autocast
 
 
 def stage_config(config, prefix, **extra):
@@ -18,8 +28,12 @@ def stage_config(config, prefix, **extra):
     stage.final_config_dict = dict(config.final_config_dict)
     for key in ("epochs", "learning_rate", "stopping_step"):
         stage.final_config_dict[key] = config[f"{prefix}_{key}"]
+    # Mixed precision on a GPU only: bf16 autocast (no loss scaling needed, so RecBole's
+    # GradScaler stays off and gradient clipping sees true gradients).
+    amp = bool(config["text_amp"]) and torch.device(config["device"]).type == "cuda"
     stage.final_config_dict.update(
-        {"eval_step": 1, "weight_decay": 0.0, "clip_grad_norm": {"max_norm": 1.0}, "learner": "adamw"}
+        {"eval_step": 1, "weight_decay": 0.0, "clip_grad_norm": {"max_norm": 1.0}, "learner": "adamw",
+         "enable_amp": amp, "enable_scaler": False}
     )
     stage.final_config_dict.update(extra)
     return stage
@@ -32,17 +46,34 @@ class TextStageTrainer(Trainer):
         super().__init__(stage_config(config, prefix, model=f"CELA-{prefix}"), model)
         self.saved_model_file = checkpoint_file
 
+    def autocast(self):
+        """bf16 autocast where the stage trains with it (GPU), else nothing."""
+        return autocast(self.device) if self.enable_amp else contextlib.nullcontext()
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        # RecBole's autocast takes the device's default dtype (fp16 on CUDA): make it bf16.
+        if not self.enable_amp:
+            return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        previous = torch.get_autocast_dtype(self.device.type)
+        torch.set_autocast_dtype(self.device.type, torch.bfloat16)
+        try:
+            return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        finally:
+            torch.set_autocast_dtype(self.device.type, previous)
+
     @torch.no_grad()
     def valid_loss(self, valid_data):
         """Mean loss over held-out items (the model stays in train mode where the loss needs
-        dropout, e.g. SimCSE; no gradient is kept)."""
+        dropout, e.g. SimCSE; no gradient is kept); summed over the processes' shards."""
         self.model.train(self.valid_in_train_mode)
         total, n = 0.0, 0
         for batch in valid_data:
-            losses = self.model.calculate_loss(batch.to(self.device))
+            with self.autocast():
+                losses = self.model.calculate_loss(batch.to(self.device))
             loss = sum(losses) if isinstance(losses, tuple) else losses
             total += float(loss) * len(batch)
             n += len(batch)
+        total, n = all_reduce_sum([total, n])
         return total / max(n, 1)
 
     def _valid_epoch(self, valid_data, show_progress=False):

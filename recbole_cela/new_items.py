@@ -1,0 +1,329 @@
+"""New items from their text alone: score them with a trained CELA run, no retraining.
+
+A trained CELA run is its RecBole checkpoint (``saved/CELA-<time>.pth``, which holds the fused
+model and its item text table) plus the aligned encoder folder of its stage cache (recorded in
+the checkpoint's config as ``cela_encoder``). New items are encoded once by that encoder, with
+the run's text settings and pooling, and appended to the model's text table in memory; their
+ID features (item id, and item features such as year or genre) are unknown and take RecBole's
+default for an unknown token, the padding id 0 (see ``docs/new_items.md``). Nothing is written:
+``saved/`` is only read.
+
+Python::
+
+    from recbole_cela.new_items import NewItemScorer
+    scorer = NewItemScorer.load("saved/CELA-Nov-25-2026_21-50-17.pth")
+    scorer.add_items({"m-2001": "movie title: Some New Film; class: Drama; release year: 2001"})
+    scorer.score(["50", "172"], ["m-2001", "181"])           # click probabilities
+    scorer.rank(["50", "172"], ["m-2001", "181", "1"], k=2)  # [(item, probability), ...]
+
+Command line::
+
+    python -m recbole_cela.new_items --checkpoint=saved/CELA-....pth --items=new.tsv \\
+        --pairs=pairs.tsv [--output=scores.tsv]
+    python -m recbole_cela.new_items --checkpoint=... --items=new.tsv --history="50 172" \\
+        [--candidates="m-2001 181"] [--k=10] [--user=1]
+
+``--items``: ``item_id<TAB>text`` lines (an optional ``item_id<TAB>text`` header), or a file in
+the dataset's ``.item`` atomic format (header ``item_id:token<TAB>movie_title:token_seq...``),
+whose text is assembled like the dataset's (``text_fields``/``text_template``).
+``--pairs``: ``user_id<TAB>history<TAB>item_id`` lines, the history as space-separated item ids
+(oldest first, empty allowed); the output repeats each line with its probability appended.
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import pandas as pd
+import torch
+from recbole.data import create_dataset
+from recbole.data.interaction import Interaction
+
+import recbole_cela
+from recbole_cela.text.cache import data_fingerprint
+
+# Keys of a saved config that RecBole or the runner computes; everything else is passed back.
+_COMPUTED = {
+    "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "single_spec", "local_rank", "device", "world_size",
+    "nproc", "ip", "port", "offset", "train_neg_sample_args", "valid_neg_sample_args",
+    "test_neg_sample_args", "text_dim", "dataset", "model", "data_path", "cela_encoder",
+    "cela_data", "state", "show_progress", "config_files",
+}
+
+
+class NewItemError(ValueError):
+    """Input the new-items path cannot use, with what to do instead. Nothing was written."""
+
+
+def _load_checkpoint(path):
+    if not os.path.isfile(path):
+        raise NewItemError(f"No checkpoint '{path}': pass the saved/CELA-<time>.pth file of a trained run.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same message
+        raise NewItemError(f"'{path}' is not a checkpoint written by recbole_cela: {error}") from None
+    if not isinstance(checkpoint, dict) or "config" not in checkpoint or "state_dict" not in checkpoint:
+        raise NewItemError(f"'{path}' is not a RecBole checkpoint (no config / state_dict).")
+    config = checkpoint["config"]
+    if config.get("model") != "CELA":
+        raise NewItemError(f"'{path}' is a {config.get('model')} run: new items need a CELA run (model CELA).")
+    plugin = checkpoint.get("plugin") or {}
+    version = plugin.get("version")
+    if version != recbole_cela.__version__:
+        raise NewItemError(
+            f"'{path}' was written by recbole_cela {version or 'before 0.1.0 checkpoints were versioned'}, "
+            f"this is {recbole_cela.__version__}: retrain the run with this version."
+        )
+    if not config.get("use_text") or not config.get("cela_encoder"):
+        raise NewItemError(f"'{path}' is a CELA run without text (use_text: False): it cannot read new items.")
+    return checkpoint
+
+
+def _encoder_folder(checkpoint_path, config):
+    """The aligned encoder folder as recorded; else the same folder name in the default cache
+    layout beside the checkpoint (a saved/ folder that was moved)."""
+    recorded = config["cela_encoder"]
+    candidates = [recorded, os.path.join(os.path.dirname(os.path.abspath(checkpoint_path)), "cela",
+                                         config["dataset"], os.path.basename(recorded))]
+    for folder in candidates:
+        if os.path.isfile(os.path.join(folder, "config.json")):
+            return folder
+    raise NewItemError(
+        f"The run's text encoder folder '{recorded}' is missing (stage cache deleted or moved): "
+        "new items must be encoded by the encoder the run's table came from."
+    )
+
+
+class NewItemScorer:
+    """A trained CELA run, ready to take new items and score (history, item) pairs."""
+
+    def __init__(self, model, config, dataset, encoder, tokenizer):
+        self.model, self.config, self.dataset = model, config, dataset
+        self.encoder, self.tokenizer = encoder, tokenizer
+        self.item_field = config["ITEM_ID_FIELD"]
+        self.user_field = config["USER_ID_FIELD"]
+        self.history_field = self.item_field + config["LIST_SUFFIX"]
+        self.length_field = config["ITEM_LIST_LENGTH_FIELD"]
+        self.max_history = config["MAX_ITEM_LIST_LENGTH"]
+        self.item_ids = dict(dataset.field2token_id[self.item_field])
+        self.user_ids = dataset.field2token_id[self.user_field]
+        self.added = {}
+
+    # --------------------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, checkpoint_path, dataset=None, config_dict=None):
+        """Load a CELA run. ``dataset``: the dataset you expect the run to be about (checked);
+        ``config_dict``: overrides, e.g. ``{"data_path": ...}`` when the data moved."""
+        from recbole_cela.quick_start import build_config
+        from recbole_cela.text.encoder import load_encoder, load_tokenizer
+
+        checkpoint = _load_checkpoint(checkpoint_path)
+        saved = checkpoint["config"]
+        if dataset is not None and dataset != saved["dataset"]:
+            raise NewItemError(
+                f"'{checkpoint_path}' is a run on dataset '{saved['dataset']}', not '{dataset}'."
+            )
+        overrides = {k: v for k, v in saved.items() if k not in _COMPUTED and v is not None}
+        overrides["data_path"] = os.path.dirname(os.path.normpath(saved["data_path"]))
+        overrides["state"] = "ERROR"
+        overrides["show_progress"] = False
+        overrides.update(config_dict or {})
+        model_class, config = build_config("CELA", saved["dataset"], None, overrides)
+        try:
+            fingerprint = data_fingerprint(config["data_path"], config["dataset"])
+        except FileNotFoundError:
+            fingerprint = None
+        if fingerprint != saved.get("cela_data"):
+            raise NewItemError(
+                f"The files of dataset '{config['dataset']}' in '{config['data_path']}' are not the ones "
+                f"'{checkpoint_path}' was trained on (changed or rebuilt since): retrain, or point "
+                "data_path at the original files."
+            )
+        # The training split, as the runner builds the model from (feature tables as Interactions).
+        data = create_dataset(config).build()[0]
+        model = model_class(config, data)
+        try:
+            model.load_state_dict(checkpoint["state_dict"])
+        except RuntimeError as error:
+            raise NewItemError(f"'{checkpoint_path}' does not fit the model its config builds: {error}") from None
+        model.eval()
+        encoder_path = _encoder_folder(checkpoint_path, saved)
+        encoder = load_encoder(encoder_path).eval()
+        return cls(model, config, data, encoder, load_tokenizer(encoder_path))
+
+    # --------------------------------------------------------------------------- new items
+    def add_items(self, items):
+        """Add ``{item_id: text}``; every text is encoded once. Returns the new internal ids."""
+        from recbole_cela.text.items import TokenizedItems, encode_items
+
+        if not items:
+            raise NewItemError("No new items given.")
+        tokens, texts = [], []
+        for token, text in items.items():
+            token = str(token).strip()
+            if not token:
+                raise NewItemError("A new item has an empty item id.")
+            if token in self.item_ids:
+                where = "added earlier" if token in self.added else f"in dataset '{self.config['dataset']}'"
+                raise NewItemError(f"Item id '{token}' already exists ({where}): new items need new ids.")
+            if token in tokens:
+                raise NewItemError(f"Item id '{token}' is given twice.")
+            if text is None or not str(text).strip():
+                raise NewItemError(f"New item '{token}' has an empty text: its text is all CELA knows of it.")
+            tokens.append(token)
+            texts.append(str(text).strip())
+        tokenized = TokenizedItems(self.tokenizer, texts, self.config["max_text_length"])
+        vectors = encode_items(self.encoder, tokenized, self.config["text_pooling"],
+                               self.config["eval_text_batch_size"], "cpu")
+        ids = self.model.add_text_items(vectors).tolist()
+        for token, internal in zip(tokens, ids):
+            self.item_ids[token] = internal
+            self.added[token] = internal
+        return ids
+
+    # --------------------------------------------------------------------------- scoring
+    def _item(self, token):
+        try:
+            return self.item_ids[str(token)]
+        except KeyError:
+            raise NewItemError(f"Unknown item '{token}': neither in the dataset nor added.") from None
+
+    def _interaction(self, users, histories, items):
+        n = len(items)
+        length = self.max_history
+        history = torch.zeros(n, length, dtype=torch.long)
+        lengths = torch.zeros(n, dtype=torch.long)
+        for row, seq in enumerate(histories):
+            seq = [self._item(t) for t in seq][-length:]
+            history[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            lengths[row] = len(seq)
+        user = torch.tensor([self.user_ids.get(str(u), 0) if u is not None else 0 for u in users])
+        item = torch.tensor([self._item(t) for t in items], dtype=torch.long)
+        text_ids = self.model.backbone.item_text
+        fields = {self.user_field: user, self.item_field: text_ids.id_items(item)}
+        if self.history_field in self.dataset.field2type:
+            fields[self.history_field] = text_ids.id_items(history)
+        if self.length_field in self.dataset.field2type:
+            fields[self.length_field] = lengths
+        interaction = self.dataset.join(Interaction(fields))  # user and item features
+        interaction.interaction[self.item_field] = item  # the model maps added items itself
+        if self.history_field in fields:
+            interaction.interaction[self.history_field] = history
+        return interaction
+
+    @torch.no_grad()
+    def score_pairs(self, pairs, batch_size=4096):
+        """Click probabilities of ``[(user or None, history item ids, item id), ...]``."""
+        out = []
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            interaction = self._interaction([p[0] for p in chunk], [p[1] for p in chunk], [p[2] for p in chunk])
+            out.append(self.model.predict(interaction).float())
+        return torch.cat(out).numpy() if out else np.zeros(0)
+
+    def score(self, history, items, user=None):
+        """Click probability of each of ``items`` after ``history`` (item ids, oldest first)."""
+        return self.score_pairs([(user, list(history), item) for item in items])
+
+    def rank(self, history, candidates=None, k=10, user=None):
+        """The ``k`` best of ``candidates`` (default: the added items) as (item, probability)."""
+        candidates = list(self.added) if candidates is None else list(candidates)
+        scores = self.score(history, candidates, user)
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [(candidates[i], float(scores[i])) for i in order]
+
+
+# ------------------------------------------------------------------------------- files / CLI
+def read_items_file(path, config=None):
+    """``{item_id: text}`` from ``item_id<TAB>text`` lines or a dataset-format ``.item`` file."""
+    if not os.path.isfile(path):
+        raise NewItemError(f"No items file '{path}'.")
+    with open(path, encoding="utf-8") as f:
+        first = f.readline().rstrip("\n").split("\t")
+    if all(":" in column for column in first):  # an atomic .item file
+        from recbole_cela.text.items import assemble
+
+        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
+        frame.columns = [c.split(":")[0] for c in frame.columns]
+        item_field = config["ITEM_ID_FIELD"] if config else "item_id"
+        fields = list(config["text_fields"]) if config else []
+        missing = [f for f in fields + [item_field] if f not in frame.columns]
+        if missing:
+            raise NewItemError(f"'{path}' lacks the columns {missing} (the run reads text from {fields}).")
+        texts = assemble(frame, fields, config["text_template"], "")
+        return dict(zip(frame[item_field].str.strip(), texts))
+    items = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line.strip() or (number == 1 and line.lower().startswith("item_id\t")):
+                continue
+            token, sep, text = line.partition("\t")
+            if not sep:
+                raise NewItemError(f"{path}:{number}: expected 'item_id<TAB>text', got {line[:80]!r}.")
+            if token.strip() in items:
+                raise NewItemError(f"{path}:{number}: item id '{token.strip()}' is given twice.")
+            items[token.strip()] = text
+    return items
+
+
+def read_pairs_file(path):
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            parts = line.split("\t")
+            if len(parts) != 3:
+                raise NewItemError(f"{path}:{number}: expected 'user_id<TAB>history<TAB>item_id', got {line[:80]!r}.")
+            user, history, item = parts
+            pairs.append((user.strip() or None, history.split(), item.strip()))
+    return pairs
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Score new items of a trained CELA run from their text.")
+    parser.add_argument("--checkpoint", required=True, help="saved/CELA-<time>.pth of a trained run")
+    parser.add_argument("--items", required=True, help="item_id<TAB>text lines, or a dataset-format .item file")
+    parser.add_argument("--dataset", default=None, help="check that the run is on this dataset")
+    parser.add_argument("--pairs", default=None, help="user_id<TAB>history<TAB>item_id lines to score")
+    parser.add_argument("--history", default=None, help="space-separated item ids: rank candidates after them")
+    parser.add_argument("--candidates", default=None, help="space-separated item ids (default: the new items)")
+    parser.add_argument("--user", default=None, help="user id for --history (optional)")
+    parser.add_argument("--k", type=int, default=10, help="how many ranked items to print")
+    parser.add_argument("--output", default=None, help="write here instead of stdout")
+    parser.add_argument("--data_path", default=None, help="the datasets' folder, if it moved since training")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        overrides = {"data_path": args.data_path} if args.data_path else None
+        scorer = NewItemScorer.load(args.checkpoint, dataset=args.dataset, config_dict=overrides)
+        scorer.add_items(read_items_file(args.items, scorer.config))
+        lines = []
+        if args.pairs:
+            pairs = read_pairs_file(args.pairs)
+            for (user, history, item), p in zip(pairs, scorer.score_pairs(pairs)):
+                lines.append(f"{user or ''}\t{' '.join(history)}\t{item}\t{p:.6f}")
+        if args.history is not None:
+            candidates = args.candidates.split() if args.candidates else None
+            for item, p in scorer.rank(args.history.split(), candidates, args.k, args.user):
+                lines.append(f"{item}\t{p:.6f}")
+        if not lines:
+            raise NewItemError("Nothing to do: give --pairs and/or --history.")
+    except (NewItemError, ValueError) as error:
+        sys.exit(f"error: {error}")
+    text = "\n".join(lines) + "\n"
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""New items from text alone on a trained CELA run (ml-100k slice, tiny random BERT)."""
+
+import hashlib
+import os
+
+import pytest
+import torch
+
+from recbole_cela.new_items import NewItemError, NewItemScorer, main
+from recbole_cela.quick_start import run_recbole_cela
+
+FAST = {"dap": False, "align": False, "epochs": 1, "max_text_length": 32, "eval_text_batch_size": 64}
+NEW = {"n1": "movie title: A Brand New Comedy; class: Comedy; release year: 2001",
+       "n2": "movie title: Dark Space Horror; class: Horror Sci-Fi; release year: 1999"}
+
+
+@pytest.fixture(scope="module", params=["DIN", "DeepFM"])
+def trained(request, ml_slice, tiny_encoder, tmp_path_factory):
+    from pathlib import Path
+
+    root = tmp_path_factory.mktemp(f"new-items-{request.param}")
+    config = {"source_path": str(ml_slice), "data_path": str(root / "dataset"), "checkpoint_dir": str(root / "saved"),
+              "results_dir": str(root / "results"), "show_progress": False, "train_batch_size": 256,
+              "state": "WARNING", "text_encoder": tiny_encoder, "backbone": request.param, **FAST}
+    files = [str(Path(__file__).parents[1] / "dataset_configs" / "ml-100k.yaml")]
+    run_recbole_cela("CELA", "ml-tiny", files, config)
+    saved = root / "saved"
+    checkpoint = next(str(saved / f) for f in os.listdir(saved) if f.endswith(".pth"))
+    return checkpoint, files, config
+
+
+def snapshot(folder):
+    """Every file under ``folder`` with its size, mtime and content hash."""
+    out = {}
+    for base, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(base, name)
+            with open(path, "rb") as f:
+                out[path] = (os.path.getsize(path), os.path.getmtime(path), hashlib.sha1(f.read()).hexdigest())
+    return out
+
+
+def test_known_pairs_score_as_in_the_test_loader(trained):
+    """The scorer builds the same model input as RecBole's loader: same scores for test rows."""
+    from recbole.data import create_dataset, data_preparation
+
+    from recbole_cela.quick_start import build_config
+
+    checkpoint, files, config = trained
+    scorer = NewItemScorer.load(checkpoint)
+    _, cfg = build_config("CELA", "ml-tiny", files, config)
+    test = data_preparation(cfg, create_dataset(cfg))[2]
+    batch = next(iter(test))[0][:20]
+    expected = scorer.model.predict(batch)
+    ids = {v: k for k, v in scorer.item_ids.items()}
+    users = {v: k for k, v in scorer.user_ids.items()}
+    pairs = []
+    for row in range(len(batch)):
+        history = [ids[int(i)] for i in batch["item_id_list"][row] if int(i) != 0]
+        pairs.append((users[int(batch["user_id"][row])], history, ids[int(batch["item_id"][row])]))
+    torch.testing.assert_close(torch.as_tensor(scorer.score_pairs(pairs)), expected, rtol=0, atol=1e-6)
+    # Adding items leaves the scores of known items unchanged.
+    scorer.add_items(NEW)
+    torch.testing.assert_close(torch.as_tensor(scorer.score_pairs(pairs)), expected, rtol=0, atol=1e-6)
+
+
+def test_new_items_are_scored_from_their_text(trained):
+    checkpoint, _, _ = trained
+    scorer = NewItemScorer.load(checkpoint, dataset="ml-tiny")
+    ids = scorer.add_items(NEW)
+    assert ids == [scorer.dataset.item_num, scorer.dataset.item_num + 1]
+    history = ["50", "181", "172"]
+    scores = scorer.score(history, ["n1", "n2", "50"])
+    assert ((scores > 0) & (scores < 1)).all()
+    assert scores[0] != scores[1]  # same default ID embedding: only the text differs
+    ranked = scorer.rank(history, ["n1", "n2", "50"], k=2)
+    assert len(ranked) == 2 and ranked[0][1] >= ranked[1][1]
+    # The text row of a new item is what the aligned encoder gives for its text.
+    table = scorer.model.backbone.item_text.text_table
+    assert table.shape[0] == scorer.dataset.item_num + 2
+    # A new item may appear in a history too.
+    assert scorer.score(["n1"], ["n2"]).shape == (1,)
+
+
+def test_bad_input_is_refused_and_saved_is_untouched(trained, tmp_path):
+    checkpoint, _, config = trained
+    saved = config["checkpoint_dir"]
+    before = snapshot(saved)
+    scorer = NewItemScorer.load(checkpoint)
+    with pytest.raises(NewItemError, match="empty text"):
+        scorer.add_items({"n3": "   "})
+    with pytest.raises(NewItemError, match="already exists.*dataset"):
+        scorer.add_items({"50": "some text"})
+    scorer.add_items({"n4": "a film"})
+    with pytest.raises(NewItemError, match="already exists.*added earlier"):
+        scorer.add_items({"n4": "again"})
+    with pytest.raises(NewItemError, match="Unknown item"):
+        scorer.score(["50"], ["nope"])
+    with pytest.raises(NewItemError, match="run on dataset 'ml-tiny', not 'ml-100k'"):
+        NewItemScorer.load(checkpoint, dataset="ml-100k")
+    # A checkpoint of another version, or of another model: copies outside saved/.
+    state = torch.load(checkpoint, weights_only=True)
+    state["plugin"]["version"] = "0.0.1"
+    torch.save(state, tmp_path / "old.pth")
+    with pytest.raises(NewItemError, match="written by recbole_cela 0.0.1"):
+        NewItemScorer.load(str(tmp_path / "old.pth"))
+    state["plugin"]["version"], state["config"]["model"] = __import__("recbole_cela").__version__, "DIN"
+    torch.save(state, tmp_path / "din.pth")
+    with pytest.raises(NewItemError, match="is a DIN run"):
+        NewItemScorer.load(str(tmp_path / "din.pth"))
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(NewItemError, match="not a checkpoint"):
+        NewItemScorer.load(str(tmp_path / "junk.pth"))
+    # Data that is not what the run was trained on (another folder).
+    with pytest.raises(NewItemError, match="not the ones"):
+        NewItemScorer.load(checkpoint, config_dict={"data_path": str(tmp_path)})
+    assert snapshot(saved) == before
+
+
+def test_cli(trained, tmp_path, capsys):
+    checkpoint, _, config = trained
+    before = snapshot(config["checkpoint_dir"])
+    items = tmp_path / "new.tsv"
+    items.write_text("item_id\ttext\n" + "".join(f"{k}\t{v}\n" for k, v in NEW.items()))
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("1\t50 181\tn1\n\t\tn2\n2\t172\t50\n")
+    out = tmp_path / "scores.tsv"
+    main([f"--checkpoint={checkpoint}", f"--items={items}", f"--pairs={pairs}", f"--output={out}"])
+    rows = [line.split("\t") for line in out.read_text().splitlines()]
+    assert [r[2] for r in rows] == ["n1", "n2", "50"] and all(0 < float(r[3]) < 1 for r in rows)
+    main([f"--checkpoint={checkpoint}", f"--items={items}", "--history=50 181", "--k=1"])
+    assert capsys.readouterr().out.split("\t")[0] in NEW
+    # The dataset's own .item format works too.
+    atomic = tmp_path / "new.item"
+    atomic.write_text("item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+                      "n9\tAnother Film\t1998\tDrama\n")
+    main([f"--checkpoint={checkpoint}", f"--items={atomic}", "--history=50", "--k=1"])
+    assert capsys.readouterr().out.startswith("n9\t")
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("n5\t\n")
+    with pytest.raises(SystemExit, match="empty text"):
+        main([f"--checkpoint={checkpoint}", f"--items={bad}", "--history=50"])
+    assert snapshot(config["checkpoint_dir"]) == before
