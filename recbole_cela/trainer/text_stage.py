@@ -43,7 +43,7 @@ class TextStageTrainer(Trainer):
     valid_in_train_mode = False  # True where the loss itself needs dropout (SimCSE)
 
     def __init__(self, config, model, prefix, checkpoint_file):
-        super().__init__(stage_config(config, prefix, model=f"CELA-{prefix}"), model)
+        super().__init__(stage_config(config, prefix, model=f"{config['model']}-{prefix}"), model)
         self.saved_model_file = checkpoint_file
 
     def autocast(self):
