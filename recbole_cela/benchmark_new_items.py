@@ -35,7 +35,7 @@ from recbole_cela.benchmark import atomic_write_json, atomic_write_text
 from recbole_cela.data import prepare_from_config
 from recbole_cela.new_items import NewItemScorer, read_items_file
 from recbole_cela.quick_start import build_config, run_recbole_cela
-from recbole_cela.utils import dataset_config_file
+from recbole_cela.utils import dataset_config_file, parse_overrides
 
 
 def _read(path):
@@ -195,17 +195,6 @@ def run_benchmark(dataset, n_items, seed, out, overrides, base_dir, command, con
     return report
 
 
-def _value(text):
-    """A --key=value value: JSON numbers / lists / dicts, True/False/None in any case, else text."""
-    words = {"true": True, "false": False, "none": None, "null": None}
-    if text.lower() in words:
-        return words[text.lower()]
-    try:
-        return json.loads(text) if text[:1] in "[{0123456789-." else text
-    except json.JSONDecodeError:
-        return text
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-100k")
@@ -214,12 +203,7 @@ def main(argv=None):
     parser.add_argument("--out", default="docs/benchmarks")
     parser.add_argument("--base_dir", default="dataset", help="datasets folder (the derived one goes here too)")
     args, rest = parser.parse_known_args(argv)
-    overrides = {}
-    for item in rest:
-        if not item.startswith("--") or "=" not in item:
-            sys.exit(f"error: expected --key=value, got '{item}'")
-        key, value = item[2:].split("=", 1)
-        overrides[key] = _value(value)
+    overrides = parse_overrides(rest)
     command = "python -m recbole_cela.benchmark_new_items " + " ".join(argv if argv is not None else sys.argv[1:])
     sys.argv = sys.argv[:1]  # RecBole's Config reads sys.argv: the overrides go through config_dict
     report = run_benchmark(args.dataset, args.n_items, args.seed, args.out, overrides, args.base_dir, command)

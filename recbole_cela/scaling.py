@@ -34,7 +34,7 @@ import pandas as pd
 from recbole_cela.benchmark import atomic_write_json, atomic_write_text
 from recbole_cela.data import prepare_from_config
 from recbole_cela.quick_start import build_config, run
-from recbole_cela.utils import dataset_config_file
+from recbole_cela.utils import dataset_config_file, parse_overrides
 
 STAGES = ["dap", "backbone", "align", "table", "fusion"]
 
@@ -202,17 +202,6 @@ it gives with one GPU (or one free core set) per process.
 """
 
 
-def _value(text):
-    """A --key=value value: JSON numbers / lists / dicts, True/False/None in any case, else text."""
-    words = {"true": True, "false": False, "none": None, "null": None}
-    if text.lower() in words:
-        return words[text.lower()]
-    try:
-        return json.loads(text) if text[:1] in "[{0123456789-." else text
-    except json.JSONDecodeError:
-        return text
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-100k")
@@ -227,12 +216,7 @@ def main(argv=None):
                         help="add these runs to the existing report (e.g. to repeat a run measured under load)")
     parser.add_argument("--config_files", default=None, help="space-separated config files (default: the dataset's)")
     args, rest = parser.parse_known_args(argv)
-    overrides = {}
-    for item in rest:
-        if not item.startswith("--") or "=" not in item:
-            sys.exit(f"error: expected --key=value, got '{item}'")
-        key, value = item[2:].split("=", 1)
-        overrides[key] = _value(value)
+    overrides = parse_overrides(rest)
     command = "python -m recbole_cela.scaling " + " ".join(argv if argv is not None else sys.argv[1:])
     sys.argv = sys.argv[:1]  # RecBole's Config reads sys.argv; settings go through config_dict
 
