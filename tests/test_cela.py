@@ -4,36 +4,22 @@ import os
 
 import pytest
 import torch
-from recbole.data import create_dataset, data_preparation
-from recbole_cela.utils import init_seed
 
-from recbole_cela.data import prepare_from_config
 from recbole_cela.model.alignment import ItemAlignment
 from recbole_cela.model.dap import DomainAdaptivePretraining
 from recbole_cela.model.fusion import item_id_vectors
-from recbole_cela.quick_start import build_config, run_recbole_cela
+from recbole_cela.quick_start import run_recbole_cela
 from recbole_cela.text.encoder import TextEncoderError, load_encoder, load_tokenizer
 from recbole_cela.text.items import ItemTextError, ItemTextLoader, TokenizedItems, encode_items, item_texts
 from recbole_cela.trainer import CELATrainer
+from helpers import build_run, stages_run
 
 FAST = {"dap_epochs": 2, "align_epochs": 2, "epochs": 1, "dap_batch_size": 16, "align_batch_size": 32,
         "text_trainable_layers": -1, "max_text_length": 32}
 
 
 def setup(run_config, tiny_encoder, **overrides):
-    files, config_dict = run_config(**{"text_encoder": tiny_encoder, **FAST, **overrides})
-    model_class, config = build_config("CELA", "ml-tiny", files, config_dict)
-    init_seed(config["seed"], config["reproducibility"])
-    prepare_from_config(config)
-    dataset = create_dataset(config)
-    train, valid, test = data_preparation(config, dataset)
-    init_seed(config["seed"], config["reproducibility"])
-    model = model_class(config, train.dataset)
-    return config, model, train, valid, test
-
-
-def stages_run(trainer):
-    return {stage for stage, info in trainer.stage_report.items() if not info.get("cached")}
+    return build_run("CELA", run_config, tiny_encoder, FAST, **overrides)
 
 
 def test_item_texts_follow_the_template(run_config, tiny_encoder):

@@ -3,16 +3,14 @@ slice with a tiny random BERT (the real MiniLM tokenizer)."""
 
 import pytest
 import torch
-from recbole.data import create_dataset, data_preparation
 
-from recbole_cela.data import prepare_from_config
 from recbole_cela.model.flip import TabularView
 from recbole_cela.model.flip_pretrain import FLIPPretraining
-from recbole_cela.quick_start import build_config, run_recbole_cela
+from recbole_cela.quick_start import run_recbole_cela
 from recbole_cela.text.encoder import load_encoder, load_tokenizer
 from recbole_cela.text.prompts import InteractionPrompts, PromptBuilder, PromptError, SampledLoader, build_prompts
 from recbole_cela.trainer import FLIPTrainer
-from recbole_cela.utils import init_seed
+from helpers import build_run, stages_run
 
 FAST = {"flip_pretrain_samples": 300, "flip_pretrain_batch_size": 32, "flip_pretrain_epochs": 1,
         "flip_finetune_samples": 128, "flip_finetune_batch_size": 32, "flip_text_epochs": 1, "epochs": 1,
@@ -21,19 +19,7 @@ FAST = {"flip_pretrain_samples": 300, "flip_pretrain_batch_size": 32, "flip_pret
 
 
 def setup(run_config, tiny_encoder, **overrides):
-    files, config_dict = run_config(**{"text_encoder": tiny_encoder, **FAST, **overrides})
-    model_class, config = build_config("FLIP", "ml-tiny", files, config_dict)
-    init_seed(config["seed"], config["reproducibility"])
-    prepare_from_config(config)
-    dataset = create_dataset(config)
-    train, valid, test = data_preparation(config, dataset)
-    init_seed(config["seed"], config["reproducibility"])
-    model = model_class(config, train.dataset)
-    return config, model, train, valid, test
-
-
-def stages_run(trainer):
-    return {stage for stage, info in trainer.stage_report.items() if not info.get("cached")}
+    return build_run("FLIP", run_config, tiny_encoder, FAST, **overrides)
 
 
 def pretraining(config, train, tiny_encoder, **switches):
