@@ -32,6 +32,19 @@ def test_recbole_quick_start_is_not_needed():
     assert "recbole.quick_start" not in sys.modules  # it imports ray, broken on numpy 2
 
 
+def test_anomaly_mode_stays_off_after_recbole_imports_its_models():
+    import subprocess
+    import sys
+
+    code = ("import recbole_cela, torch; from recbole.utils import get_model; "
+            "get_model('DIN'); get_model('SINE'); print(torch.is_anomaly_enabled())")
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert off.stdout.strip() == "False"  # RecBole's sine.py switches it on at import
+    env = {**os.environ, "RECBOLE_CELA_DETECT_ANOMALY": "1"}
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert on.stdout.strip() == "True"
+
+
 @pytest.mark.parametrize("model", ["DeepFM", "DIN"])
 def test_fit_and_evaluate_with_best_model_reload(run_config, model):
     files, overrides = run_config()

@@ -88,6 +88,8 @@ class FLIPTrainer(Trainer):
         self.prompts = None
         if config["flip_finetune"] != "id":  # the encoder reads every sample: fewer, sampled epochs
             self.epochs = config["flip_text_epochs"]
+            # Each validation scores every valid row with the encoder; 0 skips it (last epoch kept).
+            self.eval_step = config["flip_text_eval_step"]
 
     def _build_optimizer(self, **kwargs):
         if "params" not in kwargs and getattr(self.model, "encoder", None) is not None:
