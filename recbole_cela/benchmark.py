@@ -61,6 +61,9 @@ VARIANTS = {
     "CELA-noAlign": {"model": "CELA", "args": ["--align=False"]},
     "CELA-frozenText": {"model": "CELA", "args": ["--dap=False", "--align=False"]},
     "CELA-noText": {"model": "CELA", "args": ["--use_text=False"]},
+    # Stage 2 aligned with the item and its clickers' histories (issue #7's "which ID
+    # representation is aligned"; recbole_cela/model/alignment.py).
+    "CELA-alignClickers": {"model": "CELA", "args": ["--align_target=item_clickers"], "default": False},
     "CELA-e2e": {
         "model": "CELA",
         "args": ["--dap=False", "--align=False", "--finetune_encoder=True"],

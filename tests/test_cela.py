@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from recbole_cela.model.alignment import ItemAlignment
+from recbole_cela.model.alignment import ItemAlignment, alignment_target, clicker_vectors
 from recbole_cela.model.dap import DomainAdaptivePretraining
 from recbole_cela.model.fusion import item_id_vectors
 from recbole_cela.quick_start import run_recbole_cela
@@ -102,6 +102,29 @@ def test_item_id_vectors_are_the_backbone_item_fields(run_config, tiny_encoder):
     assert vectors.shape == (train.dataset.item_num, 3 * config["embedding_size"])
     din = get_model("DIN")(config, train.dataset)
     assert item_id_vectors(din, train.dataset).shape == vectors.shape
+
+
+def test_clicker_vectors_average_the_histories_of_positive_samples(run_config, tiny_encoder):
+    config, _, train, _, _ = setup(run_config, tiny_encoder)
+    dataset = train.dataset
+    torch.manual_seed(0)
+    table = torch.randn(dataset.item_num, 5)
+    got = clicker_vectors(table, dataset, chunk=97)  # several chunks, one partial
+    inter = dataset.inter_feat
+    sums, counts = {}, {}
+    for item, label, seq in zip(inter["item_id"].tolist(), inter["label"].tolist(), inter["item_id_list"].tolist()):
+        seq = [j for j in seq if j != 0]
+        if label > 0 and seq:
+            sums[item] = sums.get(item, 0) + table[seq].mean(0)
+            counts[item] = counts.get(item, 0) + 1
+    expected = torch.zeros_like(table)
+    for item in sums:
+        expected[item] = sums[item] / counts[item]
+    assert counts and torch.allclose(got, expected, atol=1e-5)
+    target = alignment_target("item_clickers", table, dataset)
+    assert target.shape == (dataset.item_num, 10) and torch.equal(alignment_target("item", table, dataset), table)
+    with pytest.raises(ValueError, match="align_target"):
+        alignment_target("clickers", table, dataset)
 
 
 def test_end_to_end_caching_and_invalidation(run_config, tiny_encoder, monkeypatch):

@@ -5,6 +5,15 @@ backbone (the concatenation of its item field embeddings) go through their own p
 (MLP to ``align_proj_size`` = 128, then LayerNorm); an InfoNCE loss with in-batch negatives
 (score = inner product / ``align_temperature``, official 1.0) pulls each item's text towards its
 own ID vector. Only the encoder and the two heads train.
+
+Which ID representation is aligned (``align_target``):
+
+* ``item`` (official): the item's own field embeddings in the backbone;
+* ``item_clickers``: those, concatenated with the mean representation of the histories of the
+  training samples that clicked the item ("who clicks it", in the same embedding space). An item
+  seen a handful of times has an item embedding close to its random initialisation, but its
+  clickers' histories are made of items the backbone has learned, so this half carries a
+  collaborative signal even for cold items. Each half is scaled to unit standard deviation.
 """
 
 import torch
@@ -17,6 +26,43 @@ from recbole_cela.text.encoder import encode
 def projection_head(in_dim, out_dim):
     """MLP to ``out_dim`` then LayerNorm (the projection used on both sides)."""
     return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim), nn.LayerNorm(out_dim))
+
+
+@torch.no_grad()
+def clicker_vectors(item_table, dataset, chunk=65536):
+    """[item_num, d]: per item, the mean over its positive training samples of the mean of
+    ``item_table`` over the sample's history (zeros for items without such a sample)."""
+    history_field = dataset.iid_field + dataset.config["LIST_SUFFIX"]
+    if history_field not in dataset.inter_feat:
+        raise ValueError(
+            f"align_target 'item_clickers' needs the history field '{history_field}' in the "
+            "interactions (load it in load_col['inter']); use align_target: item otherwise."
+        )
+    inter = dataset.inter_feat
+    items, history = inter[dataset.iid_field], inter[history_field]
+    positive = inter[dataset.label_field] > 0 if dataset.label_field in inter else torch.ones_like(items, dtype=torch.bool)
+    table = item_table.float().cpu()
+    sums = torch.zeros_like(table)
+    counts = torch.zeros(len(table))
+    for start in range(0, len(items), chunk):
+        rows = slice(start, start + chunk)
+        keep = positive[rows] & (history[rows] != 0).any(1)
+        seq = history[rows][keep]
+        mask = (seq != 0).unsqueeze(-1).float()
+        mean = (table[seq] * mask).sum(1) / mask.sum(1)
+        sums.index_add_(0, items[rows][keep], mean)
+        counts.index_add_(0, items[rows][keep], torch.ones(len(seq)))
+    return sums / counts.clamp(min=1).unsqueeze(1)
+
+
+def alignment_target(kind, item_table, dataset):
+    """The ID-side vectors stage 2 aligns the text with (see ``align_target`` above)."""
+    if kind == "item":
+        return item_table
+    if kind == "item_clickers":
+        parts = [item_table.float().cpu(), clicker_vectors(item_table, dataset)]
+        return torch.cat([p / p[1:].std().clamp(min=1e-8) for p in parts], dim=1)  # row 0: padding
+    raise ValueError(f"align_target must be 'item' or 'item_clickers', not {kind!r}")
 
 
 class ItemAlignment(nn.Module):

@@ -30,7 +30,7 @@ from recbole.utils import set_color
 
 from recbole_cela.compat import atomic_torch_save, plain
 from recbole_cela.distributed import barrier, broadcast_object, is_main, rank, world_size
-from recbole_cela.model.alignment import ItemAlignment
+from recbole_cela.model.alignment import ItemAlignment, alignment_target
 from recbole_cela.model.dap import DomainAdaptivePretraining
 from recbole_cela.model.fusion import item_id_vectors
 from recbole_cela.text.cache import StageCache, data_fingerprint, fingerprint
@@ -44,7 +44,7 @@ TEXT_KEYS = ["text_fields", "text_template", "text_fallback", "max_text_length",
 DAP_KEYS = ["dap_epochs", "dap_learning_rate", "dap_stopping_step", "dap_batch_size", "mlm_probability",
             "simcse_temperature", "mlm_weight", "text_pooling", "dap_valid_ratio"]
 ALIGN_KEYS = ["align_epochs", "align_learning_rate", "align_head_learning_rate", "align_stopping_step", "align_batch_size",
-              "align_temperature", "align_proj_size", "text_pooling", "align_valid_ratio"]
+              "align_temperature", "align_proj_size", "text_pooling", "align_valid_ratio", "align_target"]
 BACKBONE_KEYS = ["embedding_size", "learning_rate", "train_batch_size", "epochs", "stopping_step",
                  "weight_decay", "load_col", "numerical_features"]
 
@@ -180,14 +180,16 @@ class CELATrainer(Trainer):
         return backbone, self.cache.run_id(path)
 
     def stage_align(self, encoder_path, upstream_id, backbone, backbone_id, dataset):
-        key = fingerprint({"upstream": upstream_id, "backbone": backbone_id, **self._keys(ALIGN_KEYS),
-                           "seed": self.config["seed"]})
+        keys = self._keys(ALIGN_KEYS)
+        if keys["align_target"] == "item":  # the official target: keys of artifacts made before the option stay valid
+            del keys["align_target"]
+        key = fingerprint({"upstream": upstream_id, "backbone": backbone_id, **keys, "seed": self.config["seed"]})
         path = self.cache.path("align", key)
         start = time.time()
         if self._is_complete(path):
             self._report("align", start, True, path, **self.cache.info(path).get("report", {}))
             return path, self.cache.run_id(path)
-        id_table = item_id_vectors(backbone, dataset).cpu()
+        id_table = alignment_target(self.config["align_target"], item_id_vectors(backbone, dataset).cpu(), dataset)
         encoder = freeze_below(load_encoder(encoder_path), self.config["text_trainable_layers"])
         model = ItemAlignment(self.config, encoder, id_table).to(self.device)
         info = self._train_text_stage("align", AlignmentTrainer, model, path, key, self.config["seed"])
