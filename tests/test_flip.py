@@ -228,6 +228,18 @@ def test_text_really_enters_the_joint_prediction(run_config, tiny_encoder):
     assert torch.allclose(before, model.predict(batch))
 
 
+def test_text_strategies_can_skip_validation(run_config, tiny_encoder):
+    results = {}
+    for step in (1, 0):
+        config, model, train, valid, _ = setup(run_config, tiny_encoder, flip_finetune="text", flip_pretrain=False,
+                                               flip_text_epochs=2, flip_text_eval_step=step)
+        trainer = FLIPTrainer(config, model)
+        results[step] = trainer.fit(train, valid, saved=False)
+        assert len(trainer.train_loss_dict) == 2
+    assert set(results[1][1]) >= {"auc"}  # validated: a best valid result
+    assert results[0][1] is None  # no validation pass: the last epoch is what gets tested
+
+
 # ----------------------------------------------------------------------------------- caching
 def test_stage_caching_and_invalidation(run_config, tiny_encoder):
     files, overrides = run_config(text_encoder=tiny_encoder, **FAST)
