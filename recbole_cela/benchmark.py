@@ -453,6 +453,8 @@ def progress_line(index, total, record):
     seed = "-" if record["seed"] is None else record["seed"]
     head = f"[{index:>{len(str(total))}}/{total}] {record['variant']:<18} seed {seed!s:<5}"
     elapsed = f"{record.get('elapsed_s') or 0:7.1f}s"
+    if record["status"] == "not run":
+        return f"{head} not run (no finished run; --report_only)"
     if record["status"] == "ok":
         auc = _get(record, "result", "test_result", "auc")
         state = "reused" if record.get("reused") else "ok"
@@ -486,7 +488,7 @@ def aggregate(records, names):
         deterministic = bool(results) and all(r.get("seed") is None for r in results)
         entry = {
             "n_ok": len(results),
-            "n_failed": sum(r["status"] != "ok" for r in recs),
+            "n_failed": sum(r["status"] == "failed" for r in recs),
             "seeds": [r["seed"] for r in recs if r["status"] == "ok"],
             "deterministic": deterministic,
             "test_auc_mean": auc[0],
@@ -869,7 +871,11 @@ def render_markdown(report, names, figures):
                      "indicative.")
     lines += [" ".join(notes), "", f"![test AUC]({figures['auc']})", ""]
 
-    failed = [r for r in report["runs"] if r["status"] != "ok"]
+    missing = [r for r in report["runs"] if r["status"] == "not run"]
+    if missing:
+        lines += ["Not run (no finished run when this report was written): " +
+                  ", ".join(f"{r['variant']} seed {r['seed']}" for r in missing) + ".", ""]
+    failed = [r for r in report["runs"] if r["status"] == "failed"]
     if failed:
         lines += ["## Failed runs", ""]
         for r in failed:
@@ -1060,8 +1066,13 @@ def write_report(out, dataset, names, records, settings, command, split_counts_=
 
 # --------------------------------------------------------------------------------------- main
 def run_benchmark(dataset, names, seeds, out, quick=False, extra_args=(), resume=False,
-                  command="", data_dir=None, data_settings=None, timeout=None, log=print):
-    """Run (or reuse) every (variant, seed) and write the report; returns the report dict."""
+                  command="", data_dir=None, data_settings=None, timeout=None, log=print, report_only=False):
+    """Run (or reuse) every (variant, seed) and write the report; returns the report dict.
+
+    ``report_only``: run nothing; the report is made of the finished runs (as with ``resume``)
+    and lists the (variant, seed) pairs that have none as not run.
+    """
+    resume = resume or report_only
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise ValueError(f"Unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
@@ -1097,12 +1108,14 @@ def run_benchmark(dataset, names, seeds, out, quick=False, extra_args=(), resume
             if result is not None:
                 record = {"variant": name, "seed": seed, "status": "ok", "reused": True,
                           "result_file": path, "elapsed_s": result.get("fit_time_s"), "result": result}
+            elif report_only:
+                record = {"variant": name, "seed": seed, "status": "not run", "reused": False}
             else:
                 record = run_one(name, seed, dataset, runs_dir, quick, extra_args, None, dataset_cfg, timeout)
         records.append(record)
         log(progress_line(index, len(pairs), record))
     settings = {"models": list(names), "seeds": list(seeds), "quick": quick,
-                "extra_args": extra_args, "resume": resume}
+                "extra_args": extra_args, "resume": resume, "report_only": report_only}
     counts = split_counts(data_dir, dataset, data_settings["item_field"], data_settings["label_field"])
     report = write_report(out, dataset, names, records, settings, command, counts)
     log(f"report: {os.path.join(out, dataset + '.md')}")
@@ -1121,6 +1134,8 @@ def parse_args(argv=None):
     parser.add_argument("--extra", default="", help='extra runner args, e.g. "--gpu_id=0 --epochs=20"')
     parser.add_argument("--resume", action="store_true",
                         help="reuse finished runs in <out>/runs/<dataset>/ with the same arguments")
+    parser.add_argument("--report_only", action="store_true",
+                        help="run nothing: write the report from the finished runs (as --resume) and list the missing ones")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per run (default none)")
     return parser.parse_args(argv)
 
@@ -1144,7 +1159,8 @@ def main(argv=None):
 
     try:
         run_benchmark(args.dataset, names, seeds, args.out, args.quick, extra, args.resume,
-                      command=command, timeout=args.timeout, log=lambda line: print(line, flush=True))
+                      command=command, timeout=args.timeout, log=lambda line: print(line, flush=True),
+                      report_only=args.report_only)
     except PluginConfigError as error:
         sys.exit(f"error: {error}")
 

@@ -237,6 +237,20 @@ def test_resume_skips_finished_pairs(tmp_path, tiny_data):
     assert any("reused" in line and "LR" in line for line in lines)
     assert (out / f"{DATASET}.md").is_file()
 
+    # --report_only: DIN has no finished run; it is listed as not run, and nothing is started
+    lines = []
+    report = bm.run_benchmark(
+        DATASET, ["Pop", "LR", "DIN"], [2020, 2021], str(out), data_dir=str(tiny_data),
+        data_settings={"item_field": "item_id", "label_field": "label", "buckets": [0, 2]},
+        log=lines.append, report_only=True,
+    )
+    assert [r["status"] for r in report["runs"]] == ["ok", "ok", "ok", "not run", "not run"]
+    assert report["aggregates"]["LR"]["test_auc_mean"] == pytest.approx(0.71)
+    assert report["aggregates"]["DIN"]["n_ok"] == 0 and report["aggregates"]["DIN"]["n_failed"] == 0
+    assert not os.listdir(bm.run_folder(runs_dir, "DIN", 2020))  # started nothing there
+    assert "Not run (no finished run" in (out / f"{DATASET}.md").read_text()
+    assert sum("not run" in line for line in lines) == 2
+
 
 def test_failed_run_is_recorded(tmp_path):
     """The real runner, failing fast (unknown model): a record with the error, no exception."""
