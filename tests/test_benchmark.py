@@ -262,6 +262,20 @@ def test_failed_run_is_recorded(tmp_path):
     assert "FAILED" in bm.progress_line(1, 1, record)
 
 
+def test_eval_cost_interleaved(run_config, tiny_encoder, tmp_path):
+    """CELA and its backbone scored alternately on the same test loader; the report."""
+    from recbole_cela import eval_cost
+
+    files, overrides = run_config(text_encoder=tiny_encoder)
+    result = eval_cost.measure("ml-tiny", rounds=2, overrides=overrides, config_file_list=files, log=lambda *_: None)
+    assert set(result["samples_per_s"]) == {"DIN", "CELA"}
+    assert all(len(v) == 2 and min(v) > 0 for v in result["samples_per_s"].values())
+    assert result["ratio"] == pytest.approx(result["median_samples_per_s"]["CELA"] / result["median_samples_per_s"]["DIN"])
+    assert result["n_params"]["CELA"] > result["n_params"]["DIN"]  # the text projection
+    path = eval_cost.write_report(result, str(tmp_path), "python -m recbole_cela.eval_cost --dataset=ml-tiny")
+    assert "CELA / DIN" in open(path).read() and os.path.isfile(path[:-3] + ".json")
+
+
 def test_text_cost_core(tiny_encoder, tmp_path):
     """The three measurements on a tiny random BERT and a few texts; the report section."""
     from recbole_cela import text_cost

@@ -1,0 +1,121 @@
+r"""Evaluation throughput of CELA against its ID backbone, measured interleaved in one process.
+
+    python -m recbole_cela.eval_cost --dataset=amazon-sports [--rounds=5] [--out=docs/benchmarks]
+        [--key=value ...]   (runner overrides, e.g. --backbone=DeepFM --eval_batch_size=4096)
+
+The benchmark's per-run throughput divides the test set by one evaluation's wall time, taken in
+different processes at different times; on a shared machine that ratio mostly measures the load.
+Here both models score the same test loader with RecBole's own ``Trainer.evaluate``, alternately
+(backbone, CELA, backbone, CELA, ...), so load changes hit both alike; the medians of the rounds
+are compared. Scoring cost does not depend on the weights, so both models are fresh: CELA gets a
+text table of the right shape (items x encoder width) with random values (the encoder never runs
+at inference; the table is a buffer). Results go to stdout and to
+``<out>/<dataset>-eval-cost.md`` (+ ``.json``).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+def measure(dataset, rounds=5, overrides=None, log=print, config_file_list=None):
+    from recbole.data import create_dataset, data_preparation
+    from recbole.trainer import Trainer
+
+    from recbole_cela.data import prepare_from_config
+    from recbole_cela.quick_start import build_config
+    from recbole_cela.utils import init_seed
+
+    overrides = {"show_progress": False, **(overrides or {})}
+    _, config = build_config("CELA", dataset, config_file_list, overrides)
+    init_seed(config["seed"], config["reproducibility"])
+    prepare_from_config(config)
+    data = create_dataset(config)
+    train, _, test = data_preparation(config, data)
+    backbone_name = config["backbone"]
+    backbone_class, backbone_config = build_config(backbone_name, dataset, config_file_list, overrides)
+    from recbole_cela.model.cela import CELA
+
+    models = {backbone_name: backbone_class(backbone_config, train.dataset), "CELA": CELA(config, train.dataset)}
+    torch.manual_seed(0)
+    models["CELA"].set_text_table(torch.randn(train.dataset.item_num, config["text_dim"]))
+    trainers = {name: Trainer(config if name == "CELA" else backbone_config, model.to(config["device"]))
+                for name, model in models.items()}
+    n = len(test.dataset)
+    for trainer in trainers.values():  # untimed warm-up (allocations, CELA's projected table)
+        trainer.evaluate(test, load_best_model=False, show_progress=False)
+    per_s = {name: [] for name in trainers}
+    for r in range(rounds):
+        for name, trainer in trainers.items():
+            start = time.perf_counter()
+            trainer.evaluate(test, load_best_model=False, show_progress=False)
+            per_s[name].append(n / (time.perf_counter() - start))
+        log(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:,.0f} samples/s" for k, v in per_s.items()))
+    median = {name: float(np.median(v)) for name, v in per_s.items()}
+    return {"dataset": dataset, "backbone": backbone_name, "test_samples": n, "rounds": rounds,
+            "samples_per_s": per_s, "median_samples_per_s": median,
+            "ratio": median["CELA"] / median[backbone_name],
+            "n_params": {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()},
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "device": str(config["device"]), "eval_batch_size": config["eval_batch_size"]}
+
+
+def write_report(result, out, command):
+    os.makedirs(out, exist_ok=True)
+    base = os.path.join(out, f"{result['dataset']}-eval-cost")
+    result = {**result, "command": command,
+              "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+    b, m = result["backbone"], result["median_samples_per_s"]
+    rows = "\n".join(f"| {k} | {m[k]:,.0f} | " + " ".join(f"{x:,.0f}" for x in v) + " |"
+                     for k, v in result["samples_per_s"].items())
+    text = f"""# Evaluation throughput — {result['dataset']}
+
+- command: `{command}`
+- date: {result['date']}
+- machine: {result['cpu_count']} CPU cores, {result['threads']} torch threads, torch {result['torch']}, device {result['device']}
+- {result['test_samples']:,} test samples, eval batch size {result['eval_batch_size']}, {result['rounds']} interleaved rounds after one warm-up each
+
+| model | median samples/s | rounds |
+|---|---|---|
+{rows}
+
+**CELA / {b} = {result['ratio']:.2f}×** (target ≥ 0.9×). Both models are scored by RecBole's
+`Trainer.evaluate` on the same loader, alternately, so a load change hits both alike. CELA's extra
+cost at inference is one row gather from its projected text table per item and the wider item
+representation in {b}'s layers; the encoder never runs.
+"""
+    tmp = f"{base}.md.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, base + ".md")
+    tmp = f"{base}.json.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp, base + ".json")
+    return base + ".md"
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", default="docs/benchmarks")
+    args, rest = parser.parse_known_args(argv)
+    from recbole_cela.utils import parse_overrides
+
+    overrides = parse_overrides(rest)
+    result = measure(args.dataset, args.rounds, overrides)
+    path = write_report(result, args.out, "python -m recbole_cela.eval_cost " + shlex.join(argv))
+    print(f"CELA / {result['backbone']} throughput: {result['ratio']:.2f}x; report: {path}")
+
+
+if __name__ == "__main__":
+    main()
