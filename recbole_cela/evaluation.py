@@ -28,19 +28,43 @@ def bucket_names(bounds):
     return names
 
 
-@torch.no_grad()
-def predict_labeled(model, eval_data, config):
-    """Scores, labels and item ids of every sample of a labelled (CTR) eval loader."""
-    model.eval()
-    item_field, label_field, device = config["ITEM_ID_FIELD"], config["LABEL_FIELD"], config["device"]
-    scores, labels, items = [], [], []
-    for batch in eval_data:
-        interaction = batch[0] if isinstance(batch, tuple) else batch
-        interaction = interaction.to(device)
-        scores.append(model.predict(interaction).float().cpu())
-        labels.append(interaction[label_field].float().cpu())
-        items.append(interaction[item_field].cpu())
-    return torch.cat(scores).numpy(), torch.cat(labels).numpy(), torch.cat(items).numpy()
+class RecordedPredictions:
+    """Records what ``model.predict`` returns while RecBole's ``Trainer.evaluate`` scores a
+    labelled loader, so the per-bucket AUCs reuse RecBole's own pass instead of scoring the test
+    set a second time (for FLIP, whose encoder reads every test row, that second pass doubled
+    the evaluation time)::
+
+        with RecordedPredictions(trainer.model, config) as record:
+            test_result = trainer.evaluate(test_data, ...)
+        scores, labels, items = record.arrays()
+    """
+
+    def __init__(self, model, config):
+        self.model, self.config = model, config
+        self.scores, self.labels, self.items = [], [], []
+
+    def __enter__(self):
+        predict = self.model.predict  # the bound method of the class
+        item_field, label_field = self.config["ITEM_ID_FIELD"], self.config["LABEL_FIELD"]
+
+        def recording_predict(interaction):
+            scores = predict(interaction)
+            self.scores.append(scores.detach().float().cpu())
+            self.labels.append(interaction[label_field].float().cpu())
+            self.items.append(interaction[item_field].cpu())
+            return scores
+
+        self.model.predict = recording_predict  # instance attribute: shadows the method
+        return self
+
+    def __exit__(self, *exc):
+        del self.model.predict
+
+    def arrays(self):
+        if not self.scores:
+            raise RuntimeError("no predictions were recorded: was the loader empty?")
+        return (torch.cat(self.scores).numpy(), torch.cat(self.labels).numpy(),
+                torch.cat(self.items).numpy())
 
 
 def auc_by_popularity(scores, labels, items, popularity, bounds):

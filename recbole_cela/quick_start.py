@@ -28,7 +28,7 @@ import recbole_cela  # noqa: F401  (applies the compatibility fixes)
 from recbole_cela.compat import plain
 from recbole_cela.data import prepare_from_config
 from recbole_cela.distributed import Config, all_gather_object, barrier, broadcast_object
-from recbole_cela.evaluation import auc_by_popularity, item_popularity, overall_auc, predict_labeled
+from recbole_cela.evaluation import RecordedPredictions, auc_by_popularity, item_popularity, overall_auc
 from recbole_cela.utils import (
     PluginConfigError,
     dataset_config_file,
@@ -142,16 +142,17 @@ def run_recbole_cela(
     fit_time = time.time() - start
 
     start = time.time()
-    test_result = trainer.evaluate(
-        test_data, load_best_model=saved, show_progress=config["show_progress"]
-    )
+    with RecordedPredictions(trainer.model, config) as record:  # one scoring pass serves both
+        test_result = trainer.evaluate(
+            test_data, load_best_model=saved, show_progress=config["show_progress"]
+        )
     eval_time = time.time() - start
     n_test = len(test_data.dataset)
 
     popularity = item_popularity(
         train_data.dataset, config["ITEM_ID_FIELD"], config["LABEL_FIELD"]
     )
-    scores, labels, items = predict_labeled(trainer.model, test_data, config)
+    scores, labels, items = record.arrays()
     if not config["single_spec"]:
         # Under DDP each process scores its shard of the test set (RecBole's test_result is the
         # mean of the shards' metrics); gather every prediction once, by sample index.

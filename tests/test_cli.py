@@ -44,6 +44,8 @@ def test_models_in_process(run_config, model):
     assert 0.0 <= result["test_result"]["auc"] <= 1.0
     n = sum(b["n"] for b in result["test_auc_by_popularity"].values())
     assert n == 40  # one test sample per user of the slice (explicit data: no negatives)
+    # the buckets come from RecBole's own scoring pass (recorded), so its AUC and theirs agree
+    assert result["test_auc_all_samples"] == pytest.approx(result["test_result"]["auc"], abs=5e-5)
 
 
 def test_unknown_model_lists_available(run_config):
