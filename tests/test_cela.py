@@ -104,6 +104,22 @@ def test_item_id_vectors_are_the_backbone_item_fields(run_config, tiny_encoder):
     assert item_id_vectors(din, train.dataset).shape == vectors.shape
 
 
+def test_training_projection_is_row_exact_despite_padding():
+    from recbole_cela.model.fusion import UNIQUE_BUCKET, ItemTextProjection
+
+    torch.manual_seed(0)
+    layer = ItemTextProjection(3000, 12, 4, 2, normalize=False)
+    layer.set_table(torch.randn(3000, 12))
+    items = torch.randint(0, 3000, (64, 21))  # ~1,100 distinct items: padded to 2 x UNIQUE_BUCKET
+    assert UNIQUE_BUCKET < len(torch.unique(items)) < 2 * UNIQUE_BUCKET
+    layer.train()
+    got = layer(items)
+    expected = layer.proj(layer.text_table[items]).view(64, 21, 2, 4)
+    assert torch.allclose(got, expected, atol=1e-6)
+    layer.eval()
+    assert torch.allclose(layer(items), expected, atol=1e-6)
+
+
 def test_clicker_vectors_average_the_histories_of_positive_samples(run_config, tiny_encoder):
     config, _, train, _, _ = setup(run_config, tiny_encoder)
     dataset = train.dataset

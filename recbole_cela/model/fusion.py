@@ -33,6 +33,9 @@ from recbole.utils import FeatureSource
 from recbole_cela.model.alignment import projection_head
 
 
+UNIQUE_BUCKET = 1024  # training: distinct items of a batch are projected in blocks of this many rows
+
+
 class ItemTextProjection(nn.Module):
     """Frozen item-text table plus the trainable projection into ``fields`` embedding fields."""
 
@@ -90,7 +93,12 @@ class ItemTextProjection(nn.Module):
             if self.encoder_fn is not None:
                 vectors = self.encoder_fn(unique)
             else:
-                vectors = self.text_table[unique]
+                # Padded (with the padding item) to a multiple of UNIQUE_BUCKET rows, so the
+                # projection's tensors take a few sizes rather than a new one every batch: glibc's
+                # allocator kept those as fragments (amazon-sports, one epoch ~1 GB more resident
+                # memory; 1.6 -> 6.3 GB over five epochs). Rows are independent: same outputs.
+                pad = (-len(unique)) % UNIQUE_BUCKET
+                vectors = self.text_table[torch.cat([unique, unique.new_zeros(pad)])]
             out = self._project(vectors)[inverse]
         else:
             if self._projected is None:
