@@ -64,6 +64,10 @@ VARIANTS = {
     # Stage 2 aligned with the item and its clickers' histories (issue #7's "which ID
     # representation is aligned"; recbole_cela/model/alignment.py).
     "CELA-alignClickers": {"model": "CELA", "args": ["--align_target=item_clickers"], "default": False},
+    # CELA over a context-aware backbone (the text enters as extra fields; model/fusion.py).
+    "CELA-DeepFM": {"model": "CELA", "args": ["--backbone=DeepFM"], "default": False},
+    "CELA-DeepFM-frozenText": {"model": "CELA", "args": ["--backbone=DeepFM", "--dap=False", "--align=False"],
+                               "default": False},
     "CELA-e2e": {
         "model": "CELA",
         "args": ["--dap=False", "--align=False", "--finetune_encoder=True"],
