@@ -15,7 +15,6 @@ at inference; the table is a buffer). Results go to stdout and to
 
 import argparse
 import datetime
-import json
 import os
 import shlex
 import sys
@@ -68,7 +67,6 @@ def measure(dataset, rounds=5, overrides=None, log=print, config_file_list=None)
 
 
 def write_report(result, out, command):
-    os.makedirs(out, exist_ok=True)
     base = os.path.join(out, f"{result['dataset']}-eval-cost")
     result = {**result, "command": command,
               "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
@@ -91,14 +89,10 @@ def write_report(result, out, command):
 cost at inference is one row gather from its projected text table per item and the wider item
 representation in {b}'s layers; the encoder never runs.
 """
-    tmp = f"{base}.md.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, base + ".md")
-    tmp = f"{base}.json.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, base + ".json")
+    from recbole_cela.benchmark import atomic_write_json, atomic_write_text
+
+    atomic_write_text(base + ".md", text)
+    atomic_write_json(base + ".json", result)
     return base + ".md"
 
 
