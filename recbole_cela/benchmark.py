@@ -56,14 +56,22 @@ VARIANTS = {
     "DIN": {"model": "DIN", "args": []},
     "DIN-textTokens": {"model": "DIN", "args": [], "text_tokens": True},
     "DeepFM-textTokens": {"model": "DeepFM", "args": [], "text_tokens": True},
+    # CELA's ablation rows, one per stage (props/CELA.yaml's validated default runs stage 2 only:
+    # dap False; see the note at its end).
     "CELA": {"model": "CELA", "args": []},
-    "CELA-noDAP": {"model": "CELA", "args": ["--dap=False"]},
-    "CELA-noAlign": {"model": "CELA", "args": ["--align=False"]},
-    "CELA-frozenText": {"model": "CELA", "args": ["--dap=False", "--align=False"]},
+    "CELA-withDAP": {"model": "CELA", "args": ["--dap=True"]},  # stages 1 + 2 (the paper's pipeline)
+    "CELA-dapOnly": {"model": "CELA", "args": ["--dap=True", "--align=False"]},  # stage 1 only
+    "CELA-frozenText": {"model": "CELA", "args": ["--dap=False", "--align=False"]},  # neither
     "CELA-noText": {"model": "CELA", "args": ["--use_text=False"]},
-    # Stage 2 aligned with the item and its clickers' histories (issue #7's "which ID
-    # representation is aligned"; recbole_cela/model/alignment.py).
-    "CELA-alignClickers": {"model": "CELA", "args": ["--align_target=item_clickers"], "default": False},
+    # Levers of issue #7, tried on validation (not in the default list; props/CELA.yaml says what
+    # each did). Stage 2 aligned with the item and its clickers' histories (model/alignment.py):
+    "CELA-withDAP-alignClickers": {"model": "CELA", "args": ["--dap=True", "--align_target=item_clickers"],
+                                   "default": False},
+    "CELA-normText": {"model": "CELA", "args": ["--text_normalize=True"], "default": False},
+    "CELA-proj2": {"model": "CELA", "args": ["--text_proj_fields=2"], "default": False},
+    # InfoNCE temperature 6.4 on inner products of LayerNorm'd 128-d vectors (|v|^2 ~ 128) is a
+    # cosine temperature of 0.05 (SimCSE's); the official 1.0 is a cosine temperature of ~0.008.
+    "CELA-alignTemp6.4": {"model": "CELA", "args": ["--align_temperature=6.4"], "default": False},
     # CELA over a context-aware backbone (the text enters as extra fields; model/fusion.py).
     "CELA-DeepFM": {"model": "CELA", "args": ["--backbone=DeepFM"], "default": False},
     "CELA-DeepFM-frozenText": {"model": "CELA", "args": ["--backbone=DeepFM", "--dap=False", "--align=False"],
@@ -481,6 +489,57 @@ def end_to_end_cost(stages):
     return None if not costs or None in costs else sum(costs)
 
 
+# CELA settings that tell its benchmark variants apart (the ablation table lists them per variant).
+ABLATION_KEYS = ["backbone", "dap", "align", "align_target", "align_temperature", "text_proj_fields", "text_normalize",
+                 "finetune_encoder"]
+
+
+def _settings(results):
+    """The ABLATION_KEYS of a CELA variant's runs (from their recorded config), else None."""
+    configs = [r.get("config") or {} for r in results if (r.get("config") or {}).get("model") == "CELA"]
+    if not configs:
+        return None
+    # A run made before a key existed ran what is now that key's props default (e.g. align_target).
+    defaults = _cela_defaults()
+    return {k: configs[0].get(k, defaults.get(k)) for k in ABLATION_KEYS}
+
+
+def _cela_defaults():
+    import yaml
+
+    from recbole_cela.utils import props_file
+
+    with open(props_file("CELA")) as f:
+        return yaml.safe_load(f) or {}
+
+
+def ablation_rows(agg, names):
+    """One row per CELA variant: its stages and settings, valid/test AUC, and the test AUC gain
+    over the frozen-vector row of the same backbone (no stage 1, no stage 2)."""
+    cela = [n for n in names if _get(agg, n, "settings") and agg[n]["test_auc_mean"] is not None]
+    frozen = {}
+    for n in cela:
+        st = agg[n]["settings"]
+        if not st.get("dap") and not st.get("align") and not st.get("finetune_encoder"):
+            frozen.setdefault(st.get("backbone"), n)
+    base = {k: agg[n]["settings"].get(k) for n in cela[:1] for k in ("align_target", "align_temperature",
+                                                                       "text_proj_fields", "text_normalize")}
+    if "CELA" in cela:
+        base = {k: agg["CELA"]["settings"].get(k) for k in base}
+    rows = []
+    for n in cela:
+        a, st = agg[n], agg[n]["settings"]
+        other = [f"{k}={st.get(k)}" for k in base if st.get(k) != base[k]]
+        if st.get("finetune_encoder"):
+            other.append("finetune_encoder=True")
+        ref = frozen.get(st.get("backbone"))
+        gain = None if ref is None or ref == n else a["test_auc_mean"] - agg[ref]["test_auc_mean"]
+        rows.append([n, st.get("backbone"), "yes" if st.get("dap") else "–", "yes" if st.get("align") else "–",
+                     ", ".join(other) or "–", str(a["n_ok"]), _f(a["valid_auc_mean"]),
+                     _pm(a["test_auc_mean"], a["test_auc_std"]), "–" if gain is None else f"{gain:+.4f}"])
+    return rows
+
+
 def aggregate(records, names):
     """Per variant: metric means/stds over its successful seeds, costs, stages and buckets."""
     out = {}
@@ -507,6 +566,7 @@ def aggregate(records, names):
             "n_params": next((r.get("n_params") for r in results if r.get("n_params") is not None), None),
             "buckets": {},
             "stages": None,
+            "settings": _settings(results),
         }
         bucket_names = []
         for r in results:
@@ -875,6 +935,15 @@ def render_markdown(report, names, figures):
                      "indicative.")
     lines += [" ".join(notes), "", f"![test AUC]({figures['auc']})", ""]
 
+    rows = ablation_rows(agg, names)
+    if rows:
+        lines += ["## CELA ablation: what each stage buys", "",
+                  "Stage 1 = domain-adaptive pretraining (MLM + SimCSE), stage 2 = alignment with the "
+                  "frozen ID backbone; \"other settings\" differ from the `CELA` row's. Valid AUC: mean "
+                  "over seeds (the selection criterion); Δ: test AUC minus the frozen-vector row's "
+                  "(neither stage, same backbone).", "",
+                  _table(["variant", "backbone", "stage 1", "stage 2", "other settings", "runs",
+                          "valid AUC", "test AUC", "Δ vs frozen vectors"], rows), ""]
     missing = [r for r in report["runs"] if r["status"] == "not run"]
     if missing:
         lines += ["Not run (no finished run when this report was written): " +

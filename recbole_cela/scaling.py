@@ -225,6 +225,7 @@ def main(argv=None):
     prepare_from_config(config)
     tables, item, user = base_tables(config["data_path"], args.dataset, args.base_items, args.seed)
     overrides.setdefault("seed", args.seed)
+    overrides.setdefault("dap", True)  # every stage is measured, stage 1 included (props default: off)
     # Filtered histories may all be shorter than the configured length: DIN needs the real one.
     longest = max(len(h.split()) for f in tables.values() for h in f[_col(f, "item_id_list")])
     overrides["MAX_ITEM_LIST_LENGTH"] = min(config["MAX_ITEM_LIST_LENGTH"], max(longest, 1))

@@ -14,7 +14,7 @@ from recbole_cela.text.items import ItemTextError, ItemTextLoader, TokenizedItem
 from recbole_cela.trainer import CELATrainer
 from helpers import build_run, stages_run
 
-FAST = {"dap_epochs": 2, "align_epochs": 2, "epochs": 1, "dap_batch_size": 16, "align_batch_size": 32,
+FAST = {"dap": True, "dap_epochs": 2, "align_epochs": 2, "epochs": 1, "dap_batch_size": 16, "align_batch_size": 32,
         "text_trainable_layers": -1, "max_text_length": 32}
 
 

@@ -19,7 +19,7 @@ from recbole_cela.text.items import ItemTextLoader, TokenizedItems, encode_items
 
 REPO = Path(__file__).parents[1]
 WIDE_USERS, RATINGS_PER_USER = 300, 12
-FAST = {"dap_epochs": 1, "align_epochs": 1, "epochs": 3, "dap_batch_size": 32, "align_batch_size": 32,
+FAST = {"dap": True, "dap_epochs": 1, "align_epochs": 1, "epochs": 3, "dap_batch_size": 32, "align_batch_size": 32,
         "text_trainable_layers": -1, "max_text_length": 32, "eval_text_batch_size": 64,
         "stopping_step": 10}
 # The two runs train on the same items and samples per step, but not bit-identically: each
