@@ -56,29 +56,39 @@ VARIANTS = {
     "DIN": {"model": "DIN", "args": []},
     "DIN-textTokens": {"model": "DIN", "args": [], "text_tokens": True},
     "DeepFM-textTokens": {"model": "DeepFM", "args": [], "text_tokens": True},
-    # CELA's ablation rows, one per stage (props/CELA.yaml's validated default runs stage 2 only:
-    # dap False; see the note at its end).
+    # CELA's ablation rows. props/CELA.yaml's validated defaults (note at its end): stage 2 only
+    # (dap False) and a 2-field text projection (text_proj_fields 2).
     "CELA": {"model": "CELA", "args": []},
-    "CELA-withDAP": {"model": "CELA", "args": ["--dap=True"]},  # stages 1 + 2 (the paper's pipeline)
-    "CELA-dapOnly": {"model": "CELA", "args": ["--dap=True", "--align=False"]},  # stage 1 only
-    "CELA-frozenText": {"model": "CELA", "args": ["--dap=False", "--align=False"]},  # neither
+    "CELA-frozenText": {"model": "CELA", "args": ["--dap=False", "--align=False"]},  # neither stage
     "CELA-noText": {"model": "CELA", "args": ["--use_text=False"]},
-    # Levers of issue #7, tried on validation (not in the default list; props/CELA.yaml says what
-    # each did). Stage 2 aligned with the item and its clickers' histories (model/alignment.py):
-    "CELA-withDAP-alignClickers": {"model": "CELA", "args": ["--dap=True", "--align_target=item_clickers"],
-                                   "default": False},
-    "CELA-normText": {"model": "CELA", "args": ["--text_normalize=True"], "default": False},
-    "CELA-proj2": {"model": "CELA", "args": ["--text_proj_fields=2"], "default": False},
+    # The stage ablation as first measured, with a 1-field projection (the default until
+    # 2026-11-26): neither stage, stage 1 only, stage 2 only, both (the paper's pipeline).
+    "CELA-frozenText-proj1": {"model": "CELA", "args": ["--dap=False", "--align=False", "--text_proj_fields=1"]},
+    "CELA-dapOnly": {"model": "CELA", "args": ["--dap=True", "--align=False", "--text_proj_fields=1"]},
+    "CELA-proj1": {"model": "CELA", "args": ["--text_proj_fields=1"]},
+    "CELA-withDAP": {"model": "CELA", "args": ["--dap=True", "--text_proj_fields=1"]},
+    # Levers of issue #7, tried on validation on top of CELA-proj1 (not in the default list;
+    # props/CELA.yaml says what each did). Stage 2 aligned with the item and its clickers'
+    # histories (model/alignment.py), on top of CELA-withDAP:
+    "CELA-withDAP-alignClickers": {
+        "model": "CELA", "args": ["--dap=True", "--align_target=item_clickers", "--text_proj_fields=1"], "default": False},
+    "CELA-normText": {"model": "CELA", "args": ["--text_normalize=True", "--text_proj_fields=1"], "default": False},
     # InfoNCE temperature 6.4 on inner products of LayerNorm'd 128-d vectors (|v|^2 ~ 128) is a
     # cosine temperature of 0.05 (SimCSE's); the official 1.0 is a cosine temperature of ~0.008.
-    "CELA-alignTemp6.4": {"model": "CELA", "args": ["--align_temperature=6.4"], "default": False},
+    "CELA-alignTemp6.4": {"model": "CELA", "args": ["--align_temperature=6.4", "--text_proj_fields=1"],
+                          "default": False},
     # CELA over a context-aware backbone (the text enters as extra fields; model/fusion.py).
-    "CELA-DeepFM": {"model": "CELA", "args": ["--backbone=DeepFM"], "default": False},
-    "CELA-DeepFM-frozenText": {"model": "CELA", "args": ["--backbone=DeepFM", "--dap=False", "--align=False"],
-                               "default": False},
+    # (Measured with a 1-field projection, as the stage ablation above.)
+    "CELA-DeepFM": {"model": "CELA", "args": ["--backbone=DeepFM", "--text_proj_fields=1"], "default": False},
+    "CELA-DeepFM-frozenText": {
+        "model": "CELA", "args": ["--backbone=DeepFM", "--dap=False", "--align=False", "--text_proj_fields=1"],
+        "default": False},
     "CELA-e2e": {
         "model": "CELA",
-        "args": ["--dap=False", "--align=False", "--finetune_encoder=True"],
+        # The encoder (top text_trainable_layers blocks) trains in the CTR loss; every batch
+        # re-encodes its distinct items. Capped at 5 epochs so that it fits a CPU (ml-100k's
+        # frozen-vector fusion peaks at epoch 5-7); raise it with --extra on a GPU.
+        "args": ["--dap=False", "--align=False", "--finetune_encoder=True", "--epochs=5"],
         "default": False,  # very slow: only when named in --models
     },
     # FLIP reads a prompt per interaction with the encoder: far slower than CELA on a CPU, so
