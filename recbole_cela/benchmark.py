@@ -525,28 +525,34 @@ def _cela_defaults():
 
 def ablation_rows(agg, names):
     """One row per CELA variant: its stages and settings, valid/test AUC, and the test AUC gain
-    over the frozen-vector row of the same backbone (no stage 1, no stage 2)."""
+    over the frozen-vector row (no stage 1, no stage 2) with the closest fusion settings: same
+    backbone, then same projection width, then same normalisation."""
     cela = [n for n in names if _get(agg, n, "settings") and agg[n]["test_auc_mean"] is not None]
-    frozen = {}
-    for n in cela:
-        st = agg[n]["settings"]
-        if not st.get("dap") and not st.get("align") and not st.get("finetune_encoder"):
-            frozen.setdefault(st.get("backbone"), n)
-    base = {k: agg[n]["settings"].get(k) for n in cela[:1] for k in ("align_target", "align_temperature",
-                                                                       "text_proj_fields", "text_normalize")}
-    if "CELA" in cela:
-        base = {k: agg["CELA"]["settings"].get(k) for k in base}
+    frozen = [n for n in cela if not any(agg[n]["settings"].get(k) for k in ("dap", "align", "finetune_encoder"))]
+
+    def reference(st):
+        same = [n for n in frozen if agg[n]["settings"].get("backbone") == st.get("backbone")]
+        for key in ("text_proj_fields", "text_normalize"):
+            closer = [n for n in same if agg[n]["settings"].get(key) == st.get(key)]
+            same = closer or same
+        return same[0] if same else None
+
+    base = {}
+    if cela:
+        first = agg["CELA"]["settings"] if "CELA" in cela else agg[cela[0]]["settings"]
+        base = {k: first.get(k) for k in ("align_target", "align_temperature", "text_proj_fields", "text_normalize")}
     rows = []
     for n in cela:
         a, st = agg[n], agg[n]["settings"]
         other = [f"{k}={st.get(k)}" for k in base if st.get(k) != base[k]]
         if st.get("finetune_encoder"):
             other.append("finetune_encoder=True")
-        ref = frozen.get(st.get("backbone"))
-        gain = None if ref is None or ref == n else a["test_auc_mean"] - agg[ref]["test_auc_mean"]
+        ref = None if n in frozen else reference(st)
+        gain = None if ref is None else a["test_auc_mean"] - agg[ref]["test_auc_mean"]
         rows.append([n, st.get("backbone"), "yes" if st.get("dap") else "–", "yes" if st.get("align") else "–",
                      ", ".join(other) or "–", str(a["n_ok"]), _f(a["valid_auc_mean"]),
-                     _pm(a["test_auc_mean"], a["test_auc_std"]), "–" if gain is None else f"{gain:+.4f}"])
+                     _pm(a["test_auc_mean"], a["test_auc_std"]),
+                     "–" if gain is None else f"{gain:+.4f} ({ref})"])
     return rows
 
 
@@ -950,8 +956,8 @@ def render_markdown(report, names, figures):
         lines += ["## CELA ablation: what each stage buys", "",
                   "Stage 1 = domain-adaptive pretraining (MLM + SimCSE), stage 2 = alignment with the "
                   "frozen ID backbone; \"other settings\" differ from the `CELA` row's. Valid AUC: mean "
-                  "over seeds (the selection criterion); Δ: test AUC minus the frozen-vector row's "
-                  "(neither stage, same backbone).", "",
+                  "over seeds (the selection criterion); Δ: test AUC minus that of the frozen-vector row "
+                  "(neither stage) with the same backbone and the closest fusion settings, named.", "",
                   _table(["variant", "backbone", "stage 1", "stage 2", "other settings", "runs",
                           "valid AUC", "test AUC", "Δ vs frozen vectors"], rows), ""]
     missing = [r for r in report["runs"] if r["status"] == "not run"]

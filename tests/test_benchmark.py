@@ -299,7 +299,8 @@ def test_text_cost_core(tiny_encoder, tmp_path):
 def test_ablation_rows_read_each_variants_recorded_settings():
     def run(variant, auc, **config):
         result = fake_result("CELA", 2020, auc)
-        result["config"] = {"model": "CELA", "backbone": "DIN", "dap": False, "align": True, **config}
+        result["config"] = {"model": "CELA", "backbone": "DIN", "dap": False, "align": True, "text_proj_fields": 1,
+                            **config}
         return {"variant": variant, "seed": 2020, "status": "ok", "result": result}
 
     recs = [run("CELA-frozenText", 0.70, align=False), run("CELA", 0.74), run("CELA-withDAP", 0.72, dap=True),
@@ -309,8 +310,14 @@ def test_ablation_rows_read_each_variants_recorded_settings():
     rows = {r[0]: r for r in bm.ablation_rows(bm.aggregate(recs, names), names)}
     assert set(rows) == set(names) - {"DIN"}  # only CELA variants
     assert rows["CELA-frozenText"][2:5] == ["–", "–", "–"] and rows["CELA-frozenText"][-1] == "–"
-    assert rows["CELA"][2:5] == ["–", "yes", "–"] and rows["CELA"][-1] == "+0.0400"
-    assert rows["CELA-withDAP"][2:4] == ["yes", "yes"] and rows["CELA-withDAP"][-1] == "+0.0200"
+    assert rows["CELA"][2:5] == ["–", "yes", "–"] and rows["CELA"][-1] == "+0.0400 (CELA-frozenText)"
+    assert rows["CELA-withDAP"][2:4] == ["yes", "yes"] and rows["CELA-withDAP"][-1] == "+0.0200 (CELA-frozenText)"
     assert rows["CELA-proj2"][4] == "text_proj_fields=2"
+    # With a frozen row of the same projection width, that one is the reference.
+    recs.append(run("CELA-frozenText-proj2", 0.73, align=False, text_proj_fields=2))
+    names.append("CELA-frozenText-proj2")
+    rows = {r[0]: r for r in bm.ablation_rows(bm.aggregate(recs, names), names)}
+    assert rows["CELA-proj2"][-1] == "+0.0200 (CELA-frozenText-proj2)"
+    assert rows["CELA"][-1] == "+0.0400 (CELA-frozenText)"
     # A run recorded before a key existed is read with that key's props default.
     assert bm._settings([{"config": {"model": "CELA", "dap": True}}])["align_target"] == "item"
