@@ -17,6 +17,7 @@ PNGs ``<out>/<dataset>-{auc,buckets,cost,stages}.png`` it embeds. Variants are d
 
 import argparse
 import datetime
+import functools
 import glob
 import json
 import math
@@ -184,17 +185,19 @@ def _get(d, *keys):
 
 
 # -------------------------------------------------------------------------------- dataset side
-def dataset_yaml(dataset):
-    """The dataset config (``dataset_configs/<dataset>.yaml``) as a dict ({} when none)."""
+def _yaml_file(path):
     import yaml
 
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def dataset_yaml(dataset):
+    """The dataset config (``dataset_configs/<dataset>.yaml``) as a dict ({} when none)."""
     from recbole_cela.utils import dataset_config_file
 
     path = dataset_config_file(dataset)
-    if not path:
-        return {}
-    with open(path) as f:
-        return yaml.safe_load(f) or {}
+    return _yaml_file(path) if path else {}
 
 
 def text_token_args(dataset, cfg=None):
@@ -514,13 +517,12 @@ def _settings(results):
     return {k: configs[0].get(k, defaults.get(k)) for k in ABLATION_KEYS}
 
 
+@functools.lru_cache(maxsize=None)
 def _cela_defaults():
-    import yaml
-
+    """props/CELA.yaml, read once per process (callers only read it)."""
     from recbole_cela.utils import props_file
 
-    with open(props_file("CELA")) as f:
-        return yaml.safe_load(f) or {}
+    return _yaml_file(props_file("CELA"))
 
 
 def ablation_rows(agg, names):
@@ -538,15 +540,13 @@ def ablation_rows(agg, names):
         return same[0] if same else None
 
     base = {}
-    if cela:
+    if cela:  # every setting without a column of its own, as the reference row has it
         first = agg["CELA"]["settings"] if "CELA" in cela else agg[cela[0]]["settings"]
-        base = {k: first.get(k) for k in ("align_target", "align_temperature", "text_proj_fields", "text_normalize")}
+        base = {k: first.get(k) for k in ABLATION_KEYS if k not in ("backbone", "dap", "align")}
     rows = []
     for n in cela:
         a, st = agg[n], agg[n]["settings"]
         other = [f"{k}={st.get(k)}" for k in base if st.get(k) != base[k]]
-        if st.get("finetune_encoder"):
-            other.append("finetune_encoder=True")
         ref = None if n in frozen else reference(st)
         gain = None if ref is None else a["test_auc_mean"] - agg[ref]["test_auc_mean"]
         rows.append([n, st.get("backbone"), "yes" if st.get("dap") else "–", "yes" if st.get("align") else "–",

@@ -21,8 +21,8 @@ REPO = Path(__file__).parents[1]
 WIDE_USERS, RATINGS_PER_USER = 300, 12
 # dap on and a 1-field projection: every stage runs, in the configuration the tolerance below was set for
 # (the DDP-vs-single comparison does not depend on the fusion width; the props default is 2 since 2026-11-26).
-FAST = {"dap": True, "text_proj_fields": 1, "dap_epochs": 1, "align_epochs": 1, "epochs": 3, "dap_batch_size": 32, "align_batch_size": 32,
-        "text_trainable_layers": -1, "max_text_length": 32, "eval_text_batch_size": 64,
+FAST = {"dap": True, "text_proj_fields": 1, "dap_epochs": 1, "align_epochs": 1, "epochs": 3, "dap_batch_size": 32,
+        "align_batch_size": 32, "text_trainable_layers": -1, "max_text_length": 32, "eval_text_batch_size": 64,
         "stopping_step": 10}
 # The two runs train on the same items and samples per step, but not bit-identically: each
 # process draws its own dropout / MLM masks, in-batch negatives of the text stages are those of
