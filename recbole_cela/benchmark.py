@@ -8,7 +8,8 @@ the repository root) with ``--seed=S --results_dir=<out>/runs/<dataset>/<variant
 --show_progress=False``; its output goes to ``run.log`` in that folder. A failed run is recorded
 (with the end of its log) in the report; the benchmark goes on. ``Pop`` is not learned: it is
 scored here from the benchmark files. ``--resume`` reuses the result of every (variant, seed)
-that already finished with the same arguments, so an interrupted benchmark can be continued.
+that already finished with the same arguments and under the same ``props/<MODEL>.yaml``
+defaults (``stale_defaults``), so an interrupted benchmark can be continued.
 
 Outputs: ``<out>/<dataset>.json`` (raw results and aggregates), ``<out>/<dataset>.md`` and the
 PNGs ``<out>/<dataset>-{auc,buckets,cost,stages}.png`` it embeds. Variants are defined in
@@ -57,6 +58,10 @@ VARIANTS = {
     "DIN": {"model": "DIN", "args": []},
     "DIN-textTokens": {"model": "DIN", "args": [], "text_tokens": True},
     "DeepFM-textTokens": {"model": "DeepFM", "args": [], "text_tokens": True},
+    # DIN with the user fields in its MLP (model/din_user.py: RecBole's DIN embeds them but never
+    # reads them), ID only and with the text as tokens; CELA over it below.
+    "DINUser": {"model": "DINUser", "args": []},
+    "DINUser-textTokens": {"model": "DINUser", "args": [], "text_tokens": True},
     # CELA's ablation rows. props/CELA.yaml's validated defaults (note at its end): stage 2 only
     # (dap False) and a 2-field text projection (text_proj_fields 2).
     "CELA": {"model": "CELA", "args": []},
@@ -78,12 +83,18 @@ VARIANTS = {
     # cosine temperature of 0.05 (SimCSE's); the official 1.0 is a cosine temperature of ~0.008.
     "CELA-alignTemp6.4": {"model": "CELA", "args": ["--align_temperature=6.4", "--text_proj_fields=1"],
                           "default": False},
+    # Stage 2 for twice the CPU default's epochs (official: 10), on top of the current defaults.
+    "CELA-alignEpochs4": {"model": "CELA", "args": ["--align_epochs=4"], "default": False},
     # CELA over a context-aware backbone (the text enters as extra fields; model/fusion.py).
     # (Measured with a 1-field projection, as the stage ablation above.)
     "CELA-DeepFM": {"model": "CELA", "args": ["--backbone=DeepFM", "--text_proj_fields=1"], "default": False},
     "CELA-DeepFM-frozenText": {
         "model": "CELA", "args": ["--backbone=DeepFM", "--dap=False", "--align=False", "--text_proj_fields=1"],
         "default": False},
+    # CELA over DINUser, at the validated defaults and with raw frozen vectors (neither stage).
+    "CELA-DINUser": {"model": "CELA", "args": ["--backbone=DINUser"], "default": False},
+    "CELA-DINUser-frozenText": {"model": "CELA", "args": ["--backbone=DINUser", "--dap=False", "--align=False"],
+                                "default": False},
     "CELA-e2e": {
         "model": "CELA",
         # The encoder (top text_trainable_layers blocks) trains in the CTR loss; every batch
@@ -357,8 +368,32 @@ def run_folder(runs_dir, name, seed):
     return os.path.join(runs_dir, f"{name}-s{seed}")
 
 
-def finished_result(folder, args):
-    """The newest result JSON in ``folder`` written by a run with exactly ``args`` (else None)."""
+def stale_defaults(result, args):
+    """Keys of ``props/<MODEL>.yaml`` whose default changed since ``result`` ran: the run recorded
+    another value and ``args`` do not set the key, so the same command now runs something else.
+    A key's default is the props value, or the dataset config's where it sets the key too. (A key
+    the run did not record did not exist yet: it ran what is now that key's default.)"""
+    from recbole_cela.utils import dataset_config_file, props_file
+
+    path = props_file(result.get("model") or "")
+    recorded = result.get("config") or {}
+    if not path:
+        return []
+    data_path = dataset_config_file(result.get("dataset") or "")
+    defaults = {**_props_yaml(path)}
+    defaults.update({k: v for k, v in (_props_yaml(data_path) if data_path else {}).items() if k in defaults})
+    given = {a[2:].split("=", 1)[0] for a in args if a.startswith("--")}
+    return sorted(k for k, v in defaults.items() if k in recorded and k not in given and recorded[k] != v)
+
+
+@functools.lru_cache(maxsize=None)
+def _props_yaml(path):
+    return _yaml_file(path)
+
+
+def finished_result(folder, args, log=None):
+    """The newest result JSON in ``folder`` written by a run with exactly ``args`` under the
+    current props defaults (else None; ``log`` is told which defaults changed)."""
     candidates = []
     for path in glob.glob(os.path.join(folder, "*.json")):
         try:
@@ -369,6 +404,11 @@ def finished_result(folder, args):
         if not isinstance(result, dict) or not _get(result, "test_result"):
             continue
         if _comparable(list(result.get("argv") or [])[1:]) != _comparable(args):
+            continue
+        stale = stale_defaults(result, args)
+        if stale:
+            if log:
+                log(f"not reused: {path} ran other defaults of {', '.join(stale)} (props changed since)")
             continue
         candidates.append((os.path.getmtime(path), path, result))
     if not candidates:
@@ -388,7 +428,7 @@ def plan(names, seeds):
     return pairs
 
 
-def pending(pairs, runs_dir, dataset, resume, quick=False, extra_args=(), variants=None, dataset_cfg=None):
+def pending(pairs, runs_dir, dataset, resume, quick=False, extra_args=(), variants=None, dataset_cfg=None, log=None):
     """Split ``pairs`` into (to run, reused: {(name, seed): (path, result)})."""
     todo, reused = [], {}
     for name, seed in pairs:
@@ -398,7 +438,7 @@ def pending(pairs, runs_dir, dataset, resume, quick=False, extra_args=(), varian
             continue
         if resume:
             args = run_args(name, dataset, seed, quick, extra_args, variants, dataset_cfg)
-            path, result = finished_result(run_folder(runs_dir, name, seed), args)
+            path, result = finished_result(run_folder(runs_dir, name, seed), args, log)
             if result is not None:
                 reused[(name, seed)] = (path, result)
                 continue
@@ -517,12 +557,11 @@ def _settings(results):
     return {k: configs[0].get(k, defaults.get(k)) for k in ABLATION_KEYS}
 
 
-@functools.lru_cache(maxsize=None)
 def _cela_defaults():
     """props/CELA.yaml, read once per process (callers only read it)."""
     from recbole_cela.utils import props_file
 
-    return _yaml_file(props_file("CELA"))
+    return _props_yaml(props_file("CELA"))
 
 
 def ablation_rows(agg, names):
@@ -1173,7 +1212,7 @@ def run_benchmark(dataset, names, seeds, out, quick=False, extra_args=(), resume
         data_dir, data_settings = resolve_data(dataset, extra_args, prepare=need_files)
     data_settings = data_settings or {"item_field": "item_id", "label_field": "label", "buckets": [5, 20]}
     pairs = plan(names, seeds)
-    todo, reused = pending(pairs, runs_dir, dataset, resume, quick, extra_args, None, dataset_cfg)
+    todo, reused = pending(pairs, runs_dir, dataset, resume, quick, extra_args, None, dataset_cfg, log)
     log(f"benchmark {dataset}: {len(pairs)} runs ({len(reused)} reused), output {out}")
     records = []
     for index, (name, seed) in enumerate(pairs, 1):

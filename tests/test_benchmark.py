@@ -208,6 +208,35 @@ def write_finished(runs_dir, name, seed, quick=False, auc=0.7):
     return path
 
 
+def test_resume_reruns_a_run_made_under_other_props_defaults(tmp_path):
+    """Same command, but a default in props/CELA.yaml changed since: the old result is not reused."""
+    from recbole_cela.utils import props_file
+
+    runs_dir = str(tmp_path / "runs")
+    defaults = bm._yaml_file(props_file("CELA"))
+    path = write_finished(runs_dir, "CELA-frozenText", 2020)
+    args = bm.run_args("CELA-frozenText", DATASET, 2020)
+    folder = bm.run_folder(runs_dir, "CELA-frozenText", 2020)
+
+    def record(**config):
+        with open(path) as f:
+            result = json.load(f)
+        result["config"] = {"model": "CELA", **config}
+        with open(path, "w") as f:
+            json.dump(result, f)
+
+    record(text_proj_fields=defaults["text_proj_fields"], align=False)  # current defaults (align: argv)
+    assert bm.finished_result(folder, args)[0] == path
+    record(text_proj_fields=defaults["text_proj_fields"] + 1, align=False)  # the default moved since
+    lines = []
+    assert bm.finished_result(folder, args, lines.append) == (None, None)
+    assert "text_proj_fields" in lines[0]
+    record(align=False)  # a key the run did not record did not exist yet: it ran today's default
+    assert bm.finished_result(folder, args)[0] == path
+    assert bm.stale_defaults({"model": "CELA", "config": {"dap": not defaults["dap"]}},
+                             ["--dap=" + str(not defaults["dap"])]) == []  # set on the command line
+
+
 def test_resume_skips_finished_pairs(tmp_path, tiny_data):
     out = tmp_path / "bench"
     runs_dir = str(out / "runs" / DATASET)

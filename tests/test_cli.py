@@ -37,7 +37,7 @@ def test_cli_deepfm(run_config, tmp_path):
     assert result["config"]["epochs"] == 2  # the command-line override reached RecBole
 
 
-@pytest.mark.parametrize("model", ["DIN", "DCNV2", "AutoInt"])
+@pytest.mark.parametrize("model", ["DIN", "DINUser", "DCNV2", "AutoInt"])
 def test_models_in_process(run_config, model):
     files, overrides = run_config(epochs=1)
     result = run_recbole_cela(model, "ml-tiny", files, overrides)

@@ -12,10 +12,10 @@ encoder never runs (the table is a buffer of this model, saved in its checkpoint
 
 from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import InputType, ModelType
-from recbole.utils import get_model as recbole_get_model
 
 from recbole_cela.model.fusion import fused_backbone
 from recbole_cela.text.encoder import resolve_encoder_path
+from recbole_cela.utils import get_model
 
 
 class CELA(AbstractRecommender):
@@ -27,11 +27,11 @@ class CELA(AbstractRecommender):
 
     @staticmethod
     def model_type(config):
-        return recbole_get_model(config["backbone"]).type
+        return get_model(config["backbone"]).type
 
     def __init__(self, config, dataset):
         super().__init__()
-        backbone_class = recbole_get_model(config["backbone"])
+        backbone_class = get_model(config["backbone"])
         self.use_text = config["use_text"]
         self.text_pooling = config["text_pooling"]
         if self.use_text:

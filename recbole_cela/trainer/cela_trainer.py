@@ -25,7 +25,6 @@ import uuid
 
 import torch
 from recbole.trainer import Trainer
-from recbole.utils import get_model as recbole_get_model
 from recbole.utils import set_color
 
 from recbole_cela.compat import atomic_torch_save, plain
@@ -38,7 +37,7 @@ from recbole_cela.text.encoder import freeze_below, load_encoder, load_tokenizer
 from recbole_cela.text.items import ItemTextLoader, TokenizedItems, encode_items, item_texts
 from recbole_cela.trainer.alignment_trainer import AlignmentTrainer
 from recbole_cela.trainer.dap_trainer import DAPTrainer
-from recbole_cela.utils import init_seed
+from recbole_cela.utils import get_model, init_seed
 
 TEXT_KEYS = ["text_fields", "text_template", "text_fallback", "max_text_length", "text_trainable_layers"]
 DAP_KEYS = ["dap_epochs", "dap_learning_rate", "dap_stopping_step", "dap_batch_size", "mlm_probability",
@@ -158,7 +157,7 @@ class CELATrainer(Trainer):
                            **self._keys(BACKBONE_KEYS + self.config["backbone_keys"])})
         path = self.cache.path("backbone", key)
         start = time.time()
-        backbone = recbole_get_model(name)(self.config, train_data.dataset).to(self.device)
+        backbone = get_model(name)(self.config, train_data.dataset).to(self.device)
         if not self._is_complete(path):
             trainer = Trainer(self.config, backbone)  # RecBole's (distributed) trainer
             trainer.saved_model_file = self._scratch_file(path)
