@@ -241,7 +241,9 @@ class CELATrainer(Trainer):
             self.config["cela_encoder"] = encoder_path
             self.config["cela_data"] = data_fingerprint(self.config["data_path"], self.config["dataset"])
             if self.config["finetune_encoder"]:
-                self.model.attach_encoder(load_encoder(encoder_path).to(self.device), self.tokenized)
+                # As in stages 1-2: only the top text_trainable_layers blocks train (-1: all).
+                encoder = freeze_below(load_encoder(encoder_path), self.config["text_trainable_layers"])
+                self.model.attach_encoder(encoder.to(self.device), self.tokenized)
                 self.optimizer = self._build_optimizer()
                 if not self.config["single_spec"]:  # new parameters: wrap the model again
                     from recbole_cela.distributed import ddp_trainer_init
