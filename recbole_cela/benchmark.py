@@ -712,22 +712,43 @@ def reference_cela(agg, names):
     return None
 
 
-def comparisons(agg, names):
-    ref = reference_cela(agg, names)
-    out = {"reference": ref, "vs": {}, "gain_over_din": None, "cost": {}}
+def gain_over(agg, ref, base):
+    """Test AUC of ``ref`` minus ``base``'s, overall and per popularity bucket (None without base)."""
+    b_agg = agg.get(base) or {}
+    if b_agg.get("test_auc_mean") is None:
+        return None
+    gain = {"overall": agg[ref]["test_auc_mean"] - b_agg["test_auc_mean"], "buckets": {}}
+    for b, v in agg[ref]["buckets"].items():
+        d = b_agg["buckets"].get(b) or {}
+        if v.get("auc_mean") is not None and d.get("auc_mean") is not None:
+            gain["buckets"][b] = v["auc_mean"] - d["auc_mean"]
+    return gain
+
+
+def id_row(agg, ref):
+    """The ID-only row of a CELA variant: the variant named like its backbone (DIN, DINUser, ...)."""
+    backbone = (_get(agg, ref, "settings") or {}).get("backbone") or "DIN"
+    return backbone if backbone in VARIANTS else "DIN"
+
+
+def comparisons(agg, names, references=()):
+    """CELA (or the first of ``references`` that has a result) against every other row and against
+    DIN; each further reference (e.g. CELA over another backbone) against every row and against
+    its own ID-only backbone row, under ``more``."""
+    refs = [r for r in references if _get(agg, r, "test_auc_mean") is not None]
+    ref = refs[0] if refs else reference_cela(agg, names)
+    out = {"reference": ref, "vs": {}, "gain_over_din": None, "cost": {}, "more": {}}
     if ref is None:
         return out
     for name in names:
         if name != ref:
             out["vs"][name] = compare(agg, ref, name)
     din = agg.get("DIN")
-    if din and din.get("test_auc_mean") is not None:
-        gain = {"overall": agg[ref]["test_auc_mean"] - din["test_auc_mean"], "buckets": {}}
-        for b, v in agg[ref]["buckets"].items():
-            d = din["buckets"].get(b) or {}
-            if v.get("auc_mean") is not None and d.get("auc_mean") is not None:
-                gain["buckets"][b] = v["auc_mean"] - d["auc_mean"]
-        out["gain_over_din"] = gain
+    out["gain_over_din"] = gain_over(agg, ref, "DIN")
+    for other in refs[1:]:
+        base = id_row(agg, other)
+        out["more"][other] = {"vs": {n: compare(agg, other, n) for n in names if n != other},
+                              "id_row": base, "gain_over_id": gain_over(agg, other, base)}
     for name in names:
         if VARIANTS.get(name, {}).get("model") != "CELA" or not din:
             continue
@@ -1153,6 +1174,15 @@ def render_markdown(report, names, figures):
             lines += ["DIN is not in this run (or failed): no gain over DIN.", ""]
         for n, c in comp["vs"].items():
             lines.append(f"- {verdict_sentence(ref, n, c)}")
+        for other, block in (comp.get("more") or {}).items():
+            lines += ["", f"### {other}", ""]
+            gain = block.get("gain_over_id")
+            if gain:
+                parts = [f"overall {gain['overall']:+.4f}"] + [f"{b} {g:+.4f}" for b, g in gain["buckets"].items()]
+                lines += [f"AUC gain of {other} over {block['id_row']} (its backbone, ID only): "
+                          + ", ".join(parts) + ".", ""]
+            for n, c in block["vs"].items():
+                lines.append(f"- {verdict_sentence(other, n, c)}")
         lines += ["", "\"Spread\" = the larger of the two variants' seed-to-seed standard deviations "
                   "of test AUC; a difference inside it is not claimed as a win.", ""]
     lines += [f"![cost vs AUC]({figures['cost']})", ""]
@@ -1161,11 +1191,11 @@ def render_markdown(report, names, figures):
     return "\n".join(lines)
 
 
-def write_report(out, dataset, names, records, settings, command, split_counts_=None):
+def write_report(out, dataset, names, records, settings, command, split_counts_=None, references=()):
     """Aggregate ``records`` and write ``<out>/<dataset>.{json,md}`` and the PNGs."""
     os.makedirs(out, exist_ok=True)
     agg = aggregate(records, names)
-    comp = comparisons(agg, names)
+    comp = comparisons(agg, names, references)
     quick = settings.get("quick")
     title = (f"Smoke check (--quick) — {dataset}" if quick else f"Benchmark — {dataset}")
     report = {
@@ -1194,7 +1224,8 @@ def write_report(out, dataset, names, records, settings, command, split_counts_=
 
 # --------------------------------------------------------------------------------------- main
 def run_benchmark(dataset, names, seeds, out, quick=False, extra_args=(), resume=False,
-                  command="", data_dir=None, data_settings=None, timeout=None, log=print, report_only=False):
+                  command="", data_dir=None, data_settings=None, timeout=None, log=print, report_only=False,
+                  references=()):
     """Run (or reuse) every (variant, seed) and write the report; returns the report dict.
 
     ``report_only``: run nothing; the report is made of the finished runs (as with ``resume``)
@@ -1245,7 +1276,7 @@ def run_benchmark(dataset, names, seeds, out, quick=False, extra_args=(), resume
     settings = {"models": list(names), "seeds": list(seeds), "quick": quick,
                 "extra_args": extra_args, "resume": resume, "report_only": report_only}
     counts = split_counts(data_dir, dataset, data_settings["item_field"], data_settings["label_field"])
-    report = write_report(out, dataset, names, records, settings, command, counts)
+    report = write_report(out, dataset, names, records, settings, command, counts, references)
     log(f"report: {os.path.join(out, dataset + '.md')}")
     return report
 
@@ -1265,6 +1296,9 @@ def parse_args(argv=None):
     parser.add_argument("--report_only", action="store_true",
                         help="run nothing: write the report from the finished runs (as --resume) and list the missing ones")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per run (default none)")
+    parser.add_argument("--references", default="CELA",
+                        help="comma list of CELA variants the report compares with every row; the first "
+                             "also with DIN, each further one with its own backbone's ID-only row")
     return parser.parse_args(argv)
 
 
@@ -1275,6 +1309,9 @@ def main(argv=None):
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         sys.exit(f"error: unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    refs = [r.strip() for r in args.references.split(",") if r.strip()]
+    if [r for r in refs if r not in names]:
+        sys.exit(f"error: --references must be among --models, not {[r for r in refs if r not in names]}")
     seeds = [FIRST_SEED + i for i in range(1 if args.quick else args.seeds)]
     extra = shlex.split(args.extra)
     bad = [a for a in extra if not a.startswith("--") or "=" not in a]
@@ -1288,7 +1325,7 @@ def main(argv=None):
     try:
         run_benchmark(args.dataset, names, seeds, args.out, args.quick, extra, args.resume,
                       command=command, timeout=args.timeout, log=lambda line: print(line, flush=True),
-                      report_only=args.report_only)
+                      report_only=args.report_only, references=refs)
     except PluginConfigError as error:
         sys.exit(f"error: {error}")
 

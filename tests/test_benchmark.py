@@ -81,6 +81,33 @@ def test_aggregate_means_failures_stages():
     assert cela["peak_rss_mb_max"] == 501.0
 
 
+def test_a_further_reference_is_compared_with_its_own_backbone(tmp_path):
+    """--references=CELA,CELA-DINUser: CELA-DINUser is compared with every row and with DINUser."""
+    def run(variant, seed, auc, backbone=None):
+        model = bm.VARIANTS[variant]["model"]
+        result = fake_result(model, seed, auc)
+        if backbone:
+            result["config"] = {"model": "CELA", "backbone": backbone}
+        return {"variant": variant, "seed": seed, "status": "ok", "result": result}
+
+    names = ["DIN", "DINUser", "CELA", "CELA-DINUser"]
+    recs = [run("DIN", s, 0.70 + d) for s, d in ((2020, 0), (2021, 0.002))]
+    recs += [run("DINUser", s, 0.78 + d) for s, d in ((2020, 0), (2021, 0.002))]
+    recs += [run("CELA", s, 0.74 + d, "DIN") for s, d in ((2020, 0), (2021, 0.002))]
+    recs += [run("CELA-DINUser", s, 0.80 + d, "DINUser") for s, d in ((2020, 0), (2021, 0.002))]
+    agg = bm.aggregate(recs, names)
+    comp = bm.comparisons(agg, names, ["CELA", "CELA-DINUser"])
+    assert comp["reference"] == "CELA"
+    assert comp["gain_over_din"]["overall"] == pytest.approx(0.04)
+    more = comp["more"]["CELA-DINUser"]
+    assert more["id_row"] == "DINUser" and more["gain_over_id"]["overall"] == pytest.approx(0.02)
+    assert more["vs"]["CELA"]["verdict"] == "beats" and "CELA-DINUser" not in more["vs"]
+    settings = {"models": names, "seeds": [2020, 2021], "quick": False, "extra_args": [], "resume": False}
+    bm.write_report(str(tmp_path), DATASET, names, recs, settings, "cmd", references=["CELA", "CELA-DINUser"])
+    md = (tmp_path / f"{DATASET}.md").read_text()
+    assert "AUC gain of CELA-DINUser over DINUser (its backbone, ID only): overall +0.0200" in md
+
+
 def test_end_to_end_cost_counts_reused_stages_at_their_original_cost():
     stages = cela_stages()
     assert bm.end_to_end_cost(stages) == pytest.approx(77.0)
