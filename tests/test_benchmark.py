@@ -377,3 +377,8 @@ def test_ablation_rows_read_each_variants_recorded_settings():
     assert rows["CELA"][-1] == "+0.0400 (CELA-frozenText)"
     # A run recorded before a key existed is read with that key's props default.
     assert bm._settings([{"config": {"model": "CELA", "dap": True}}])["align_target"] == "item"
+
+
+def test_references_must_be_benchmarked_variants():
+    with pytest.raises(SystemExit, match="--references must be among --models"):
+        bm.main(["--dataset=ml-100k", "--models=DIN", "--references=CELA", "--report_only"])
