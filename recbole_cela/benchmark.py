@@ -550,8 +550,8 @@ def end_to_end_cost(stages):
 
 
 # CELA settings that tell its benchmark variants apart (the ablation table lists them per variant).
-ABLATION_KEYS = ["backbone", "dap", "align", "align_target", "align_temperature", "text_proj_fields", "text_normalize",
-                 "finetune_encoder"]
+ABLATION_KEYS = ["backbone", "dap", "align", "align_target", "align_temperature", "align_epochs", "text_proj_fields",
+                 "text_normalize", "finetune_encoder", "epochs"]
 
 
 def _settings(results):
@@ -574,13 +574,13 @@ def _cela_defaults():
 def ablation_rows(agg, names):
     """One row per CELA variant: its stages and settings, valid/test AUC, and the test AUC gain
     over the frozen-vector row (no stage 1, no stage 2) with the closest fusion settings: same
-    backbone, then same projection width, then same normalisation."""
+    backbone, then same projection width, then same normalisation, then same epoch budget."""
     cela = [n for n in names if _get(agg, n, "settings") and agg[n]["test_auc_mean"] is not None]
     frozen = [n for n in cela if not any(agg[n]["settings"].get(k) for k in ("dap", "align", "finetune_encoder"))]
 
     def reference(st):
         same = [n for n in frozen if agg[n]["settings"].get("backbone") == st.get("backbone")]
-        for key in ("text_proj_fields", "text_normalize"):
+        for key in ("text_proj_fields", "text_normalize", "epochs"):
             closer = [n for n in same if agg[n]["settings"].get(key) == st.get(key)]
             same = closer or same
         return same[0] if same else None

@@ -375,6 +375,13 @@ def test_ablation_rows_read_each_variants_recorded_settings():
     rows = {r[0]: r for r in bm.ablation_rows(bm.aggregate(recs, names), names)}
     assert rows["CELA-proj2"][-1] == "+0.0200 (CELA-frozenText-proj2)"
     assert rows["CELA"][-1] == "+0.0400 (CELA-frozenText)"
+    # ... and of the same epoch budget (an end-to-end run capped at 2 epochs vs frozen at 2 epochs).
+    recs += [run("CELA-e2e-2ep", 0.69, align=False, finetune_encoder=True, epochs=2),
+             run("CELA-frozenText-2ep", 0.68, align=False, epochs=2)]
+    names += ["CELA-e2e-2ep", "CELA-frozenText-2ep"]
+    rows = {r[0]: r for r in bm.ablation_rows(bm.aggregate(recs, names), names)}
+    assert rows["CELA-e2e-2ep"][-1] == "+0.0100 (CELA-frozenText-2ep)"
+    assert "epochs=2" in rows["CELA-e2e-2ep"][4] and "finetune_encoder=True" in rows["CELA-e2e-2ep"][4]
     # A run recorded before a key existed is read with that key's props default.
     assert bm._settings([{"config": {"model": "CELA", "dap": True}}])["align_target"] == "item"
 
