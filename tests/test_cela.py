@@ -233,6 +233,10 @@ def test_end_to_end_encoder_variant(run_config, tiny_encoder):
     # The top block trains inside the CTR loss; embeddings and the lower block stay frozen.
     assert any(g for n, g in grads.items() if ".layer.1." in n)
     assert not any(g for n, g in grads.items() if ".layer.0." in n or ".embeddings." in n)
+    # The encoder trains at finetune_learning_rate, everything else at RecBole's learning_rate.
+    encoder = {id(p) for n, p in model.named_parameters() if n.startswith("encoder.")}
+    lrs = {all(id(p) in encoder for p in g["params"]): g["lr"] for g in trainer.optimizer.param_groups}
+    assert lrs == {True: config["finetune_learning_rate"], False: config["learning_rate"]}
 
 
 def test_bad_encoder_path(run_config, tiny_encoder, tmp_path):

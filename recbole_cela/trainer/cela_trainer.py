@@ -244,7 +244,12 @@ class CELATrainer(Trainer):
                 # As in stages 1-2: only the top text_trainable_layers blocks train (-1: all).
                 encoder = freeze_below(load_encoder(encoder_path), self.config["text_trainable_layers"])
                 self.model.attach_encoder(encoder.to(self.device), self.tokenized)
-                self.optimizer = self._build_optimizer()
+                # The pretrained encoder at its own (small) learning rate, the rest at RecBole's.
+                enc = [p for n, p in self.model.named_parameters() if n.startswith("encoder.") and p.requires_grad]
+                ids = {id(p) for p in enc}
+                rest = [p for p in self.model.parameters() if id(p) not in ids and p.requires_grad]
+                self.optimizer = self._build_optimizer(
+                    params=[{"params": rest}, {"params": enc, "lr": self.config["finetune_learning_rate"]}])
                 if not self.config["single_spec"]:  # new parameters: wrap the model again
                     from recbole_cela.distributed import ddp_trainer_init
 
