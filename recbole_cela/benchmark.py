@@ -17,6 +17,7 @@ PNGs ``<out>/<dataset>-{auc,buckets,cost,stages}.png`` it embeds. Variants are d
 """
 
 import argparse
+import contextlib
 import datetime
 import functools
 import glob
@@ -477,6 +478,49 @@ def _tail(text, lines=40, chars=4000):
     return "\n".join(text.rstrip().splitlines()[-lines:])[-chars:]
 
 
+RUN_LOCK = "running.lock"  # in a run folder while a runner works there: holds the runner's pid
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _write_lock(path, pid):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(str(pid))
+    os.replace(tmp, path)
+
+
+def _take_lock(path):
+    """Claim a run folder: None when taken, else the pid of the live process that holds it. A lock
+    whose process is gone (a killed benchmark) is taken over."""
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    pid = int(f.read().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _alive(pid):
+                return pid
+            with contextlib.suppress(OSError):
+                os.remove(path)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return None
+    return -1  # lost a race for the same folder twice: leave it to the other process
+
+
 def run_one(name, seed, dataset, runs_dir, quick=False, extra_args=(), variants=None,
             dataset_cfg=None, timeout=None):
     """Run the runner for one (variant, seed) in a subprocess; a run record (never raises)."""
@@ -492,17 +536,27 @@ def run_one(name, seed, dataset, runs_dir, quick=False, extra_args=(), variants=
         return record
     command = [sys.executable, str(RUNNER), *args, f"--results_dir={folder}"]
     record["command"] = shlex.join(command)
+    lock = os.path.join(folder, RUN_LOCK)
+    owner = _take_lock(lock)
+    if owner:  # another benchmark process is running this very (variant, seed): never run it twice
+        record.update(status="not run", elapsed_s=0.0, error_tail=f"being run by process {owner} ({lock})")
+        return record
     log_path = os.path.join(folder, "run.log")
     before = set(glob.glob(os.path.join(folder, "*.json")))
     try:
         with open(log_path, "w") as log:
-            proc = subprocess.run(
-                command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, timeout=timeout,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        returncode = proc.returncode
-    except subprocess.TimeoutExpired:
-        returncode = "timeout"
+            proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            _write_lock(lock, proc.pid)  # the runner's pid: it may outlive this process
+            try:
+                returncode = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                returncode = "timeout"
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(lock)
     record["elapsed_s"] = time.time() - start
     record["other_cpu_cores"] = _other_cores(cpu_before, _cpu_snapshot(), record["elapsed_s"])
     record["returncode"] = returncode
@@ -526,7 +580,7 @@ def progress_line(index, total, record):
     head = f"[{index:>{len(str(total))}}/{total}] {record['variant']:<18} seed {seed!s:<5}"
     elapsed = f"{record.get('elapsed_s') or 0:7.1f}s"
     if record["status"] == "not run":
-        return f"{head} not run (no finished run; --report_only)"
+        return f"{head} not run ({record.get('error_tail') or 'no finished run; --report_only'})"
     if record["status"] == "ok":
         auc = _get(record, "result", "test_result", "auc")
         state = "reused" if record.get("reused") else "ok"

@@ -1,12 +1,15 @@
 """The benchmark's aggregation, verdicts, Pop scorer, report, resume; the text-cost core.
 
-No training run: results are synthetic JSON files written into tmp_path (the one subprocess
-started is the real runner failing fast on an unknown model).
+No training run: results are synthetic JSON files written into tmp_path (the subprocesses
+started are the real runner failing fast on an unknown model and one that exits at once, whose
+pid is then known to be gone).
 """
 
 import ast
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -389,3 +392,23 @@ def test_ablation_rows_read_each_variants_recorded_settings():
 def test_references_must_be_benchmarked_variants():
     with pytest.raises(SystemExit, match="--references must be among --models"):
         bm.main(["--dataset=ml-100k", "--models=DIN", "--references=CELA", "--report_only"])
+
+
+def test_a_run_folder_is_never_run_by_two_processes(tmp_path):
+    runs_dir = str(tmp_path / "runs")
+    folder = bm.run_folder(runs_dir, "LR", 2020)
+    os.makedirs(folder)
+    lock = os.path.join(folder, bm.RUN_LOCK)
+    with open(lock, "w") as f:
+        f.write(str(os.getpid()))  # a live process holds it
+    record = bm.run_one("LR", 2020, DATASET, runs_dir)
+    assert record["status"] == "not run" and str(os.getpid()) in record["error_tail"]
+    assert "being run by process" in bm.progress_line(1, 1, record)
+    assert not os.path.exists(os.path.join(folder, "run.log"))  # nothing started, nothing overwritten
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with open(lock, "w") as f:
+        f.write(str(gone.pid))  # left by a killed benchmark: taken over
+    assert bm._take_lock(lock) is None
+    with open(lock) as f:
+        assert f.read() == str(os.getpid())
