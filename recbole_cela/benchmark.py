@@ -491,13 +491,6 @@ def _alive(pid):
     return True
 
 
-def _write_lock(path, pid):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(str(pid))
-    os.replace(tmp, path)
-
-
 def _take_lock(path):
     """Claim a run folder: None when taken, else the pid of the live process that holds it. A lock
     whose process is gone (a killed benchmark) is taken over."""
@@ -547,7 +540,7 @@ def run_one(name, seed, dataset, runs_dir, quick=False, extra_args=(), variants=
         with open(log_path, "w") as log:
             proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-            _write_lock(lock, proc.pid)  # the runner's pid: it may outlive this process
+            atomic_write_text(lock, str(proc.pid))  # the runner's pid: it may outlive this process
             try:
                 returncode = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -1016,6 +1009,12 @@ def machine_info(records):
     }
 
 
+def _gain_line(ref, base, gain):
+    """'AUC gain of REF over BASE: overall +x, <bucket> +y, ...' (a ``gain_over`` result)."""
+    parts = [f"overall {gain['overall']:+.4f}"] + [f"{b} {g:+.4f}" for b, g in gain["buckets"].items()]
+    return f"AUC gain of {ref} over {base}: " + ", ".join(parts) + "."
+
+
 def render_markdown(report, names, figures):
     agg, comp = report["aggregates"], report["comparisons"]
     dataset, settings = report["dataset"], report["settings"]
@@ -1229,8 +1228,7 @@ def render_markdown(report, names, figures):
             lines += [f"`CELA` itself is not in this run: the comparisons below use **{ref}**.", ""]
         gain = comp.get("gain_over_din")
         if gain:
-            parts = [f"overall {gain['overall']:+.4f}"] + [f"{b} {g:+.4f}" for b, g in gain["buckets"].items()]
-            lines += [f"AUC gain of {ref} over DIN: " + ", ".join(parts) + ".", ""]
+            lines += [_gain_line(ref, "DIN", gain), ""]
         else:
             lines += ["DIN is not in this run (or failed): no gain over DIN.", ""]
         for n, c in comp["vs"].items():
@@ -1239,9 +1237,7 @@ def render_markdown(report, names, figures):
             lines += ["", f"### {other}", ""]
             gain = block.get("gain_over_id")
             if gain:
-                parts = [f"overall {gain['overall']:+.4f}"] + [f"{b} {g:+.4f}" for b, g in gain["buckets"].items()]
-                lines += [f"AUC gain of {other} over {block['id_row']} (its backbone, ID only): "
-                          + ", ".join(parts) + ".", ""]
+                lines += [_gain_line(other, f"{block['id_row']} (its backbone, ID only)", gain), ""]
             for n, c in block["vs"].items():
                 lines.append(f"- {verdict_sentence(other, n, c)}")
         lines += ["", "\"Spread\" = the larger of the two variants' seed-to-seed standard deviations "

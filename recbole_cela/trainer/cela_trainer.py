@@ -245,7 +245,7 @@ class CELATrainer(Trainer):
                 encoder = freeze_below(load_encoder(encoder_path), self.config["text_trainable_layers"])
                 self.model.attach_encoder(encoder.to(self.device), self.tokenized)
                 # The pretrained encoder at its own (small) learning rate, the rest at RecBole's.
-                enc = [p for n, p in self.model.named_parameters() if n.startswith("encoder.") and p.requires_grad]
+                enc = [p for p in self.model.encoder.parameters() if p.requires_grad]
                 ids = {id(p) for p in enc}
                 rest = [p for p in self.model.parameters() if id(p) not in ids and p.requires_grad]
                 self.optimizer = self._build_optimizer(
