@@ -186,6 +186,7 @@ def run_recbole_cela(
         "eval_samples_per_s": n_test / eval_time if eval_time > 0 else None,
         "peak_rss_mb": _peak_rss_mb(),
         "n_params": sum(p.numel() for p in trainer.model.parameters()),
+        "checkpoint": os.path.abspath(trainer.saved_model_file) if saved else None,
         "stages": getattr(trainer, "stage_report", None),
         "device": str(config["device"]),
         "torch": torch.__version__,

@@ -383,8 +383,8 @@ def test_missing_files(tmp_path):
 def test_malformed_sequence_lines(sequence_source, tmp_path, caplog):
     write_sequence(
         sequence_source,
-        SEQUENCES + ["u9", "u1 i1 i2", "u5 i1 i7 i2"],  # no items; duplicate user; unknown i7
-        TEXTS + ["i8\t   ", "no tab here"],  # empty text; malformed
+        SEQUENCES + ["u9", "u1 i1 i2", "u5 i1 i7 i2 i8"],  # no items; duplicate user; i7 has no text line
+        TEXTS + ["i8\t   ", "no tab here", "i1\tRed ball again"],  # empty text; malformed; duplicate
     )
     args = ("tiny", "sequence", str(sequence_source), str(tmp_path))
     with pytest.raises(DataPreparationError) as error:
@@ -395,19 +395,103 @@ def test_malformed_sequence_lines(sequence_source, tmp_path, caplog):
     for report in (
         "user without items: 1 (first at user_sequence.txt:5)",
         "duplicate user line: 1 (first at user_sequence.txt:6)",
-        "unknown item in sequence: 1 (first at user_sequence.txt:7)",
-        "empty text: 1 (first at item_text.tsv:7)",
         "malformed line: 1 (first at item_text.tsv:8)",
+        "duplicate item line: 1 (first at item_text.tsv:9)",
     ):
         assert report in message
+    assert "i7" not in message and "empty text" not in message  # kept, not skipped
 
     with caplog.at_level(logging.WARNING):
         folder = prepare_dataset(*args, max_bad_ratio=0.5)
-    assert "unknown item in sequence: 1" in caplog.text
+    # Items without text keep every interaction (their title is empty: the encoders use text_fallback).
+    assert "item without a line in item_text.tsv: 1 (first: i7)" in caplog.text
+    assert "item with an empty text: 1 (first: i8)" in caplog.text
     test = read_split(folder, "tiny", "test")
-    assert ("u5", "i2", "i1") in positives(test)  # i7 dropped from the sequence
+    assert ("u5", "i8", "i1 i7 i2") in positives(test)
+    items = pd.read_csv(Path(folder) / "tiny.item", sep="\t", dtype=str, keep_default_na=False)
+    titles = dict(zip(items["item_id:token"], items["title:token_seq"]))
+    assert titles["i7"] == "" and titles["i8"] == "" and titles["i1"] == "Red ball"  # first line wins
     stamp = json.loads((Path(folder) / "tiny.prep.json").read_text())
     assert stamp["counts"]["skipped_input_entries"]["user without items"] == 1
+    assert stamp["counts"]["repaired_input_entries"] == {"item without a line in item_text.tsv": 1,
+                                                         "item with an empty text": 1}
+
+
+FEATURES = {"attributes": {"file": "attrs.tsv", "type": "token_seq"},
+            "brand": {"file": "brand.tsv", "type": "token"},
+            "price": {"file": "price.tsv", "type": "float"}}
+
+
+def write_features(folder, attrs, brands, prices):
+    for name, lines in (("attrs", attrs), ("brand", brands), ("price", prices)):
+        (folder / f"{name}.tsv").write_text("".join(line + "\n" for line in lines))
+
+
+def test_item_feature_files(sequence_source, tmp_path, caplog):
+    write_features(
+        sequence_source,
+        ["i1\ta1  a2", "i2\ta2", "i3\t", "i5\ta3 a1", "i6\ta9"],  # i4 missing; i3 empty; i6 unused
+        ["i1\tacme", "i2\tacme", "i3\tzeta", "i4\tzeta", "i5\tacme"],
+        ["i1\t1.5", "i2\t2", "i3\t0.25", "i4\t3", "i5\t10"],
+    )
+    with caplog.at_level(logging.WARNING):
+        folder = prepare_dataset("tiny", "sequence", str(sequence_source), str(tmp_path), item_feature_files=FEATURES)
+    lines = (Path(folder) / "tiny.item").read_text().splitlines()
+    assert lines[0] == "item_id:token\ttitle:token_seq\tattributes:token_seq\tbrand:token\tprice:float"
+    rows = {line.split("\t")[0]: line.split("\t")[2:] for line in lines[1:]}
+    assert rows == {"i1": ["a1 a2", "acme", "1.5"], "i2": ["a2", "acme", "2"], "i3": ["", "zeta", "0.25"],
+                    "i4": ["", "zeta", "3"], "i5": ["a3 a1", "acme", "10"]}
+    assert "item without a line in attrs.tsv (empty attributes): 1 (first: i4)" in caplog.text
+    stamp = json.loads((Path(folder) / "tiny.prep.json").read_text())
+    assert str(sequence_source / "attrs.tsv") in stamp["inputs"]
+    assert stamp["settings"]["item_feature_files"] == FEATURES
+
+    # RecBole reads the field as a token sequence of the items.
+    from recbole.data import create_dataset
+
+    from recbole_cela.quick_start import build_config
+
+    _, config = build_config("DIN", "tiny", [str(REPO / "dataset_configs" / "amazon-sports.yaml")], {
+        "data_path": str(tmp_path), "source_format": None, "state": "ERROR", "item_feature_files": FEATURES,
+        "load_col": {"inter": ["user_id", "item_id", "label", "item_id_list"], "item": ["item_id", "attributes"]}})
+    dataset = create_dataset(config)
+    assert dataset.field2type["attributes"].value == "token_seq"
+    assert set(dataset.field2id_token["attributes"]) == {"[PAD]", "a1", "a2", "a3"}
+
+    # A changed feature file re-converts; the same bytes do not.
+    before = snapshot(folder)
+    write_features(sequence_source, ["i1\ta1 a2", "i2\ta2", "i3\t", "i5\ta3 a1", "i6\ta9"],
+                   ["i1\tacme", "i2\tacme", "i3\tzeta", "i4\tzeta", "i5\tacme"],
+                   ["i1\t1.5", "i2\t2", "i3\t0.25", "i4\t3", "i5\t10"])
+    prepare_dataset("tiny", "sequence", str(sequence_source), str(tmp_path), item_feature_files=FEATURES)
+    assert snapshot(folder) != before  # attrs.tsv changed (one space less): new digest, new stamp
+    again = snapshot(folder)
+    prepare_dataset("tiny", "sequence", str(sequence_source), str(tmp_path), item_feature_files=FEATURES)
+    assert snapshot(folder) == again
+
+
+def test_malformed_item_feature_files(sequence_source, tmp_path):
+    write_features(
+        sequence_source,
+        ["i1\ta1", "i2 a2", "i1\ta3", "i3\ta1", "i4\ta1", "i5\ta1"],  # no tab; duplicate
+        ["i1\tacme corp", "i2\tacme", "i3\tacme", "i4\tacme", "i5\tacme"],  # two tokens
+        ["i1\t1.5", "i2\tcheap", "i3\t1", "i4\t1", "i5\t1"],  # not a number
+    )
+    args = ("tiny", "sequence", str(sequence_source), str(tmp_path))
+    with pytest.raises(DataPreparationError) as error:
+        prepare_dataset(*args, item_feature_files=FEATURES)
+    message = str(error.value)
+    for report in ("malformed line: 3 (first at attrs.tsv:2, brand.tsv:1, price.tsv:2)",
+                   "duplicate item line: 1 (first at attrs.tsv:3)"):
+        assert report in message
+    assert not (tmp_path / "tiny").exists()
+
+    for bad, expected in (({"attributes": {"file": "missing.tsv", "type": "token_seq"}}, "'missing.tsv'"),
+                          ({"attributes": {"file": "attrs.tsv", "type": "tokens"}}, "type='tokens'"),
+                          ({"attributes": "attrs.tsv"}, "not usable")):
+        with pytest.raises(DataPreparationError, match=expected):
+            prepare_dataset(*args, item_feature_files=bad)
+        assert not (tmp_path / "tiny").exists()
 
 
 def test_malformed_amazon_lines(amazon2014_source, tmp_path, caplog):

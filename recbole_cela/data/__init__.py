@@ -23,5 +23,6 @@ def prepare_from_config(config, logger=None):
         rating_threshold=config["rating_threshold"],
         seed=config["neg_seed"],
         max_bad_ratio=config["max_bad_ratio"],
+        item_feature_files=config["item_feature_files"],
         logger=logger,
     )

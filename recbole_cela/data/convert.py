@@ -44,10 +44,14 @@ Output files (tab separated, RecBole ``name:type`` header)
   Sequence form: ``title:token_seq``. Amazon: ``title:token_seq``, ``description:token_seq``,
   ``brand:token``, ``categories:token_seq`` (one token per category, spaces -> ``_``, ``&``
   and commas dropped), ``price:float`` (min-max scaled to [0, 1], empty when unknown).
-  ``recbole`` form: the source's item fields as they are.
+  ``recbole`` form: the source's item fields as they are. Then one column per entry of
+  ``item_feature_files`` (``{field: {file, type}}``, any format): ``field:type`` read from
+  ``ITEM<TAB>VALUE`` lines of that file in ``source_path`` (e.g. the brand and category tokens of
+  amazon-sports' ``item_attributes.tsv``).
 * ``<dataset>.user``: ``recbole`` form only, a copy of the source's ``.user`` file.
-* ``<dataset>.prep.json``: the settings, inputs and counts of the conversion, written last. A
-  later call skips the conversion while it matches and the outputs are newer than the inputs.
+* ``<dataset>.prep.json``: the settings, inputs, their SHA-1 digests and the counts of the
+  conversion, written last. A later call skips the conversion while settings and input
+  contents are the same (a re-copied or touched input with the same bytes converts nothing).
 
 Text values are HTML-unescaped, their whitespace is collapsed to single spaces and double quotes
 become two single quotes (RecBole's CSV reader would take a leading ``"`` for a quoted field).
@@ -55,11 +59,14 @@ become two single quotes (RecBole's CSV reader would take a leading ``"`` for a 
 Bad input
 ---------
 Malformed entries are skipped and counted by kind: unparsable lines, lines with missing or
-invalid fields (ids must be non-empty and free of whitespace), a user line without items, an
-``item_text.tsv`` line with empty text, an item of a sequence without text (dropped from the
-sequence), a review of an item without meta. A warning reports each kind with its first
-offending ``file:line``; when they exceed ``max_bad_ratio`` of the entries read,
-:class:`DataPreparationError` carries that report instead and nothing is written.
+invalid fields (ids must be non-empty and free of whitespace; a ``token`` feature one token, a
+``float`` one a number), duplicate item or user lines, a user line without items, a review of
+an item without meta. A warning reports each kind with its first offending ``file:line``; when
+they exceed ``max_bad_ratio`` of the entries read, :class:`DataPreparationError` carries that
+report instead and nothing is written. Entries that are kept with a default value are counted
+and reported too (``repaired_input_entries`` in the stamp), but are not errors: an item of a
+sequence whose text is empty or missing keeps its interactions with an empty title (the text
+encoders give it ``text_fallback``), an item missing from a feature file gets an empty value.
 
 Every file is written to a temporary file in the same folder and renamed over its target, after
 all the data has been read, checked and built in memory: a failed or interrupted run damages
@@ -74,7 +81,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from glob import glob
@@ -84,6 +90,8 @@ import numpy as np
 import pandas as pd
 from numpy.dtypes import StringDType
 from tqdm import tqdm
+
+from recbole_cela.fileio import atomic_write
 
 #: Version of the output layout and protocol; a change re-converts every dataset.
 FORMAT_VERSION = 1
@@ -98,8 +106,6 @@ _SPLITS = ("train", "valid", "test")
 _N_EXAMPLES = 5  # offending line numbers reported per kind of problem
 _ASIN_PATTERN = re.compile(r"""['"]asin['"]\s*:\s*['"]([^'"\\]*)['"]""")
 _PRICE_PATTERN = re.compile(r"^\$?\s*(\d[\d,]*(?:\.\d+)?)$")
-_UMASK = os.umask(0o022)  # the process umask (reading it means setting it), for new files
-os.umask(_UMASK)
 
 
 class DataPreparationError(ValueError):
@@ -123,6 +129,7 @@ class _Problems:
     total: int = 0
     counts: dict = field(default_factory=dict)
     lines: dict = field(default_factory=dict)  # kind -> {file name: first line numbers}
+    repaired: dict = field(default_factory=dict)  # kind -> {"count": n, "first": [item ids]}
 
     def add(self, kind, filename, line_numbers):
         line_numbers = np.asarray(line_numbers, dtype=np.int64)
@@ -133,6 +140,15 @@ class _Problems:
         earlier = np.asarray(files.get(filename, []), dtype=np.int64)
         first = np.union1d(earlier, line_numbers)[:_N_EXAMPLES]
         files[filename] = first.tolist()
+
+    def repair(self, kind, items):
+        """Items kept with a default value (not skipped: they do not count against
+        ``max_bad_ratio``), by kind, with the first few item ids."""
+        items = list(items)
+        if items:
+            entry = self.repaired.setdefault(kind, {"count": 0, "first": []})
+            entry["count"] += len(items)
+            entry["first"] = (entry["first"] + [str(i) for i in items])[:_N_EXAMPLES]
 
     def examples(self, kind):
         found = [f"{name}:{n}" for name, numbers in self.lines[kind].items() for n in numbers]
@@ -153,7 +169,11 @@ class _Problems:
         )
 
     def check(self, max_bad_ratio, logger):
-        """Warn about skipped entries; raise when they exceed ``max_bad_ratio`` of the input."""
+        """Warn about skipped and repaired entries; raise when the skipped ones exceed
+        ``max_bad_ratio`` of the input."""
+        for kind, entry in self.repaired.items():
+            logger.warning(f"Kept with a default value: {kind}: {entry['count']} "
+                           f"(first: {', '.join(entry['first'])})")
         if not self.counts:
             return
         if self.skipped > max_bad_ratio * self.total:
@@ -344,12 +364,10 @@ def _read_sequence(folder, problems):
     texts.index = parts.index
     malformed = (parts[1] == "") | (item_ids == "")
     problems.add("malformed line", text_name, lines.index[malformed])
-    empty = ~malformed & (texts == "")
-    problems.add("empty text", text_name, lines.index[empty])
-    duplicated = ~malformed & ~empty & item_ids.duplicated()
+    duplicated = ~malformed & item_ids.duplicated()
     problems.add("duplicate item line", text_name, lines.index[duplicated])
-    keep = ~(malformed | empty | duplicated)
-    items = pd.DataFrame({"title": texts[keep].values}, index=item_ids[keep].rename("item_id"))
+    keep = ~(malformed | duplicated)
+    titles = pd.Series(texts[keep].values, index=item_ids[keep].values)
 
     # user_sequence.txt: USER ITEM ITEM ...
     lines = pd.Series(_read_lines(sequence_path), dtype=object)
@@ -366,11 +384,84 @@ def _read_sequence(folder, problems):
     problems.total += int((~keep).sum()) + int(sequences[keep].str.len().sum())
     inter = sequences[keep].explode().rename("item").to_frame()
     inter["user"] = users[keep].reindex(inter.index)
-    unknown = ~inter["item"].isin(items.index)
-    problems.add("unknown item in sequence", sequence_name, inter.index[unknown])
-    inter = inter[~unknown].reset_index(drop=True)
+    inter = inter.reset_index(drop=True)
     inter["time"] = np.arange(len(inter), dtype=np.float64)  # the order within each line
+
+    # An item without text keeps its interactions: its title is empty, so the text encoders give
+    # it text_fallback (recbole_cela/text/items.py); counted, never dropped.
+    used = pd.Index(inter["item"].unique())
+    # Rows in item_text.tsv's order (then items without a line), as RecBole remaps ids in file order.
+    title = titles.reindex(titles.index[titles.index.isin(used)].append(used[~used.isin(titles.index)]))
+    problems.repair("item without a line in " + text_name, title.index[title.isna()])
+    problems.repair("item with an empty text", title.index[title == ""])
+    items = pd.DataFrame({"title": title.fillna("").values}, index=title.index.rename("item_id"))
     return _Source(inter[["user", "item", "time"]], items, ["title:token_seq"], explicit=False)
+
+
+# --- optional item feature files (any format) -------------------------------------------------
+
+ITEM_FEATURE_TYPES = ("token", "token_seq", "float", "float_seq")
+
+
+def _feature_specs(item_feature_files, folder):
+    """[(field, RecBole type, path)] of the ``item_feature_files`` setting, checked."""
+    specs = []
+    for name, spec in (item_feature_files or {}).items():
+        how = (f"Expected item_feature_files: {{{name}: {{file: FILE, type: TYPE}}}} with FILE beside the "
+               f"source files and TYPE one of {', '.join(ITEM_FEATURE_TYPES)}.")
+        if not _is_id(str(name)) or ":" in str(name) or not isinstance(spec, dict):
+            raise DataPreparationError(f"Item feature '{name}' is not usable. {how}")
+        kind, file = spec.get("type"), spec.get("file")
+        if kind not in ITEM_FEATURE_TYPES or not file:
+            raise DataPreparationError(f"Item feature '{name}' has file={file!r}, type={kind!r}. {how}")
+        path = os.path.join(folder, str(file))
+        if not os.path.isfile(path):
+            raise _missing_files_error("item feature", folder, [str(file)],
+                                       f"Item feature '{name}' reads it ('ITEM<TAB>VALUE' lines, no header). {how}")
+        specs.append((str(name), kind, path))
+    return specs
+
+
+def _feature_values(values, kind):
+    """(cleaned values, invalid mask) of one feature file's value column."""
+    tokens = values.str.split()
+    if kind == "token":
+        return tokens.str[0].fillna(""), tokens.str.len() > 1
+    if kind == "token_seq":
+        return tokens.str.join(" "), pd.Series(False, index=values.index)
+    numbers = pd.to_numeric(tokens.explode(), errors="coerce")
+    invalid = numbers.isna() & tokens.explode().notna()
+    invalid = invalid.groupby(level=0).any().reindex(values.index, fill_value=False)
+    if kind == "float":
+        return tokens.str[0].fillna(""), invalid | (tokens.str.len() > 1)
+    return tokens.str.join(" "), invalid  # float_seq
+
+
+def _join_item_features(source, specs, problems):
+    """Add each feature file's column to ``source.items`` (and its header); an item of the
+    interactions missing from a file gets an empty value, counted."""
+    for name, kind, path in specs:
+        if name in source.items.columns:
+            raise DataPreparationError(f"Item feature '{name}' is already a field of the source's items.")
+        filename = os.path.basename(path)
+        lines = pd.Series(_read_lines(path), dtype=object)
+        lines.index = lines.index + 1
+        lines = lines[lines.str.strip() != ""]
+        problems.total += len(lines)
+        parts = lines.str.partition("\t")
+        item_ids = parts[0].str.strip()
+        values, invalid = _feature_values(parts[2], kind)
+        malformed = (parts[1] == "") | (item_ids == "") | invalid
+        problems.add("malformed line", filename, lines.index[malformed])
+        duplicated = ~malformed & item_ids.duplicated()
+        problems.add("duplicate item line", filename, lines.index[duplicated])
+        keep = ~(malformed | duplicated)
+        column = pd.Series(values[keep].values, index=item_ids[keep].values).reindex(source.items.index)
+        used = column.index.isin(source.inter["item"].unique())
+        problems.repair(f"item without a line in {filename} (empty {name})", column.index[column.isna() & used])
+        source.items[name] = column.fillna("").values
+        source.item_header.append(f"{name}:{kind}")
+    return source
 
 
 # --- amazon 2014 / 2018 ----------------------------------------------------------------------
@@ -647,20 +738,6 @@ def _table_text(header, columns):
     return "\t".join(header) + "\n" + "".join((lines + "\n").tolist())
 
 
-def _write_atomic(path, data):
-    """Write ``data`` (str or bytes) to a temporary file beside ``path``, then rename it."""
-    folder, name = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _render_files(dataset, source, tables, item_names):
     """{file name: contents} of every output file but the stamp."""
     files = {
@@ -695,8 +772,8 @@ def _write_folder(folder, dataset, files, stamp):
     if f"{dataset}.user" not in files and os.path.exists(user_path):
         os.remove(user_path)
     for name, data in files.items():
-        _write_atomic(os.path.join(folder, name), data)
-    _write_atomic(stamp_path, json.dumps(stamp, indent=2) + "\n")
+        atomic_write(os.path.join(folder, name), data)
+    atomic_write(stamp_path, json.dumps(stamp, indent=2) + "\n")
 
 
 def file_digest(path):
@@ -778,14 +855,16 @@ def prepare_dataset(
     rating_threshold: float = 4.0,
     seed: int = 2020,
     max_bad_ratio: float = 0.01,
+    item_feature_files: Optional[dict] = None,
     force: bool = False,
     logger=None,
 ) -> str:
     """Convert raw data into ``<data_path>/<dataset>/`` and return that folder.
 
-    Skipped when the outputs exist, are newer than every input file, and the settings (all
-    arguments except ``force`` and ``logger``) are unchanged: they are stored, with a format
-    version, in ``<data_path>/<dataset>/<dataset>.prep.json``, which is written last.
+    Skipped when the outputs exist, the settings (all arguments except ``force`` and
+    ``logger``) are unchanged and every input file has the same contents (SHA-1) as when the
+    outputs were written: settings, inputs and digests are stored, with a format version, in
+    ``<data_path>/<dataset>/<dataset>.prep.json``, which is written last.
 
     Args:
         dataset (str): Dataset name: the output folder and file names.
@@ -797,6 +876,9 @@ def prepare_dataset(
         rating_threshold (float): Explicit data: label 1 when rating >= this.
         seed (int): Seed of the negative sampling (implicit data).
         max_bad_ratio (float): Largest tolerated share of malformed input entries.
+        item_feature_files (dict): Optional item features read from files in ``source_path``,
+            ``{field: {"file": name, "type": RecBole type}}`` (``token``, ``token_seq``,
+            ``float``, ``float_seq``); each file has ``ITEM<TAB>VALUE`` lines, no header.
         force (bool): Convert even when the outputs are up to date.
         logger (logging.Logger): Where to log; ``logging.getLogger(__name__)`` by default.
 
@@ -822,6 +904,7 @@ def prepare_dataset(
             f"The output folder '{folder}' is the source folder: the converted files would "
             f"overwrite the raw ones. Set data_path to another folder."
         )
+    features = _feature_specs(item_feature_files, source_folder)
     settings = {
         "dataset": dataset,
         "source_format": source_format,
@@ -831,8 +914,10 @@ def prepare_dataset(
         "rating_threshold": float(rating_threshold),
         "seed": int(seed),
         "max_bad_ratio": float(max_bad_ratio),
+        "item_feature_files": {name: {"file": os.path.relpath(path, source_folder), "type": kind}
+                               for name, kind, path in features},
     }
-    inputs = _inputs(dataset, source_format, source_folder)
+    inputs = _inputs(dataset, source_format, source_folder) + [path for _, _, path in features]
     stamp_path = os.path.join(folder, f"{dataset}.prep.json")
     if not force and _up_to_date(stamp_path, folder, settings, inputs):
         logger.info(f"Dataset '{dataset}' is up to date in '{folder}': not converted again.")
@@ -841,7 +926,7 @@ def prepare_dataset(
     start = time.time()
     logger.info(f"Converting '{dataset}' ({source_format}) from '{source_folder}' to '{folder}'.")
     problems = _Problems()
-    source = _read(dataset, source_format, source_folder, problems)
+    source = _join_item_features(_read(dataset, source_format, source_folder, problems), features, problems)
     problems.check(max_bad_ratio, logger)
     tables, n_users, item_names = _build_samples(source, max_history, rating_threshold, seed)
     if n_users == 0:
@@ -866,6 +951,7 @@ def prepare_dataset(
             "samples": counts,
             "positive_rate": positive,
             "skipped_input_entries": dict(problems.counts),
+            "repaired_input_entries": {kind: e["count"] for kind, e in problems.repaired.items()},
         },
     }
     _write_folder(folder, dataset, files, stamp)

@@ -1,0 +1,93 @@
+"""Atomic writes and RecBole atomic-file reading, used by every part of the plugin.
+
+A write goes to a temporary file beside its target and is renamed over it only when complete, so
+a process killed mid-write leaves the previous file (or nothing), never a truncated one. The
+temporary file is created with mode 0666, so the process umask applies as for any new file (no
+umask is read or changed here).
+"""
+
+import contextlib
+import json
+import os
+import uuid
+
+import numpy as np
+
+
+def _temporary(path):
+    folder, name = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode="wb"):
+    """A file object (``"wb"`` or ``"w"``) whose contents replace ``path`` when the block ends
+    without an error; on an error the temporary file is removed and ``path`` is untouched."""
+    tmp = _temporary(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write(path, data):
+    """Write ``data`` (str or bytes) to ``path`` atomically."""
+    with atomic_open(path, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+    return path
+
+
+def _json_default(value):
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def atomic_write_json(path, obj):
+    """``obj`` as indented JSON (numpy scalars and arrays as numbers and lists), atomically."""
+    return atomic_write(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def atomic_torch_save(obj, path):
+    """``torch.save`` atomically (default protocol: the one ``weights_only`` loading reads)."""
+    import torch
+
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+    return path
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def read_atomic_file(path, keep_types=False):
+    """A RecBole atomic file (tab separated, ``name:type`` header) as a DataFrame of strings.
+
+    Columns are named without their type unless ``keep_types``; nothing is parsed, quoted or
+    turned into NaN (an empty cell stays ``""``), so writing the frame back gives the same text.
+    """
+    import pandas as pd
+
+    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
+    if not keep_types:
+        frame.columns = [c.split(":")[0] for c in frame.columns]
+    return frame
+
+
+def write_atomic_file(frame, path):
+    """A DataFrame with ``name:type`` columns as a RecBole atomic file, atomically."""
+    with atomic_open(path, "w") as f:
+        frame.to_csv(f, sep="\t", index=False, quoting=3, lineterminator="\n")
+    return path
