@@ -1,6 +1,7 @@
 """Make RecBole 1.2.1 work on today's numpy, pandas and torch, without forking it.
 
-Four failures were measured with recbole 1.2.1 on numpy 2 / pandas 3 / torch >= 2.6:
+Six problems were found with recbole 1.2.1 on numpy 2 / pandas 3 / torch >= 2.6; the patches
+below (and the pins of ``pyproject.toml``) are the plugin's only changes to process state:
 
 1. ``Config.compatibility_settings`` assigns ``np.float_`` and friends, which numpy 2 removed:
    every ``Config(...)`` crashes. We replace that one method with an equivalent that only
@@ -13,8 +14,10 @@ Four failures were measured with recbole 1.2.1 on numpy 2 / pandas 3 / torch >= 
    which defaults to ``weights_only=True`` since torch 2.6, and RecBole's checkpoint pickles the
    whole ``Config`` object (enums, ``torch.device``...), so loading fails. We do not switch safe
    loading off: instead the trainer *writes* checkpoints that safe loading accepts (the config
-   as a plain dict of strings/numbers, scores as floats), atomically. Files the user did not
-   produce by this trainer are loaded exactly as strictly as torch loads anything else.
+   as a plain dict of strings/numbers, scores as floats), atomically, with the trainer's
+   ``checkpoint_record`` (data fingerprint, field vocabularies: :mod:`recbole_cela.checkpoints`).
+   Files the user did not produce by this trainer are loaded exactly as strictly as torch loads
+   anything else.
 4. pandas 3 (copy-on-write by default) breaks RecBole's id remapping; pandas is pinned < 3 in
    ``pyproject.toml``.
 5. RecBole's distributed trainer passes ``device_ids=[local_rank]`` to ``DistributedDataParallel``
@@ -34,7 +37,6 @@ Four failures were measured with recbole 1.2.1 on numpy 2 / pandas 3 / torch >= 
 
 import enum
 import os
-import tempfile
 
 import numpy as np
 import torch
@@ -80,24 +82,6 @@ def plain(value):
     return str(value)
 
 
-def atomic_torch_save(obj, path):
-    """``torch.save`` to a temporary file beside ``path``, then rename it over ``path``.
-
-    A process killed mid-write leaves the previous file (or nothing), never a truncated one.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pth")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)  # default protocol: the one safe loading reads
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _tensor_entries(other):
     """``other_parameter()`` without module objects (DIN lists its embedding layer there, which
     ``state_dict`` already holds); safe loading accepts tensors and plain values only."""
@@ -110,6 +94,8 @@ def _safe_save_checkpoint(self, epoch, verbose=True, **kwargs):
     """RecBole's ``Trainer._save_checkpoint`` writing a weights-only-loadable, atomic file."""
     from recbole.utils import set_color
 
+    from recbole_cela.fileio import atomic_torch_save
+
     if not self.config["single_spec"] and self.config["local_rank"] != 0:
         return
     saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
@@ -121,7 +107,7 @@ def _safe_save_checkpoint(self, epoch, verbose=True, **kwargs):
         "state_dict": self.model.state_dict(),
         "other_parameter": _tensor_entries(self.model.other_parameter()),
         "optimizer": self.optimizer.state_dict(),
-        "plugin": {"name": "recbole_cela", "version": _plugin_version()},
+        "plugin": plain({"name": "recbole_cela", "version": _plugin_version(), **getattr(self, "checkpoint_record", {})}),
     }
     atomic_torch_save(state, saved_model_file)
     if verbose:

@@ -44,7 +44,7 @@ def measure(dataset, rounds=5, overrides=None, log=print, config_file_list=None)
 
     models = {backbone_name: backbone_class(backbone_config, train.dataset), "CELA": CELA(config, train.dataset)}
     torch.manual_seed(0)
-    models["CELA"].set_text_table(torch.randn(train.dataset.item_num, config["text_dim"]))
+    models["CELA"].set_text_table(torch.randn(train.dataset.item_num, models["CELA"].text_dim))
     trainers = {name: Trainer(config if name == "CELA" else backbone_config, model.to(config["device"]))
                 for name, model in models.items()}
     n = len(test.dataset)

@@ -7,6 +7,7 @@ umask is read or changed here).
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import uuid
@@ -65,6 +66,29 @@ def atomic_torch_save(obj, path):
     with atomic_open(path, "wb") as f:
         torch.save(obj, f)
     return path
+
+
+def file_digest(path):
+    """SHA-1 of a file's bytes (freshness by content: copying or touching a file changes nothing)."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fingerprint(obj):
+    """Short stable hash of a JSON-able object (numpy values as numbers, anything else as text)."""
+    text = json.dumps(obj, sort_keys=True, default=_json_default)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def data_fingerprint(data_path, dataset):
+    """Hash of the names and contents of a dataset's atomic files (not of their modification
+    times: a re-converted or copied dataset with the same bytes keeps what was built on it).
+    The converter's own stamp (``.prep.json``, which records input paths) is left out."""
+    files = sorted(f for f in os.listdir(data_path) if f.startswith(dataset + ".") and not f.endswith(".prep.json"))
+    return fingerprint([(f, file_digest(os.path.join(data_path, f))) for f in files])
 
 
 def read_json(path):

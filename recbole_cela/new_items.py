@@ -2,7 +2,7 @@
 
 A trained CELA run is its RecBole checkpoint (``saved/CELA-<time>.pth``, which holds the fused
 model and its item text table) plus the aligned encoder folder of its stage cache (recorded in
-the checkpoint's config as ``cela_encoder``). New items are encoded once by that encoder, with
+the checkpoint's ``plugin`` record as ``encoder``, beside the data's fingerprint). New items are encoded once by that encoder, with
 the run's text settings and pooling, and appended to the model's text table in memory; their
 ID features (item id, and item features such as year or genre) are unknown and take RecBole's
 default for an unknown token, the padding id 0 (see ``docs/new_items.md``). Nothing is written:
@@ -35,20 +35,20 @@ import os
 import sys
 
 import numpy as np
-import pandas as pd
 import torch
 from recbole.data import create_dataset
 from recbole.data.interaction import Interaction
 
 import recbole_cela
-from recbole_cela.text.cache import data_fingerprint
+from recbole_cela.checkpoints import load_checkpoint
+from recbole_cela.fileio import data_fingerprint, read_atomic_file
+from recbole_cela.utils import PluginConfigError
 
 # Keys of a saved config that RecBole or the runner computes; everything else is passed back.
 _COMPUTED = {
     "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "single_spec", "local_rank", "device", "world_size",
     "nproc", "ip", "port", "offset", "train_neg_sample_args", "valid_neg_sample_args",
-    "test_neg_sample_args", "text_dim", "dataset", "model", "data_path", "cela_encoder",
-    "cela_data", "state", "show_progress", "config_files",
+    "test_neg_sample_args", "dataset", "model", "data_path", "state", "show_progress", "config_files",
 }
 
 
@@ -57,14 +57,10 @@ class NewItemError(ValueError):
 
 
 def _load_checkpoint(path):
-    if not os.path.isfile(path):
-        raise NewItemError(f"No checkpoint '{path}': pass the saved/CELA-<time>.pth file of a trained run.")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same message
-        raise NewItemError(f"'{path}' is not a checkpoint written by recbole_cela: {error}") from None
-    if not isinstance(checkpoint, dict) or "config" not in checkpoint or "state_dict" not in checkpoint:
-        raise NewItemError(f"'{path}' is not a RecBole checkpoint (no config / state_dict).")
+        checkpoint = load_checkpoint(path, "the saved/CELA-<time>.pth file of a trained run")
+    except PluginConfigError as error:
+        raise NewItemError(str(error)) from None
     config = checkpoint["config"]
     if config.get("model") != "CELA":
         raise NewItemError(f"'{path}' is a {config.get('model')} run: new items need a CELA run (model CELA).")
@@ -75,17 +71,17 @@ def _load_checkpoint(path):
             f"'{path}' was written by recbole_cela {version or 'before 0.1.0 checkpoints were versioned'}, "
             f"this is {recbole_cela.__version__}: retrain the run with this version."
         )
-    if not config.get("use_text") or not config.get("cela_encoder"):
-        raise NewItemError(f"'{path}' is a CELA run without text (use_text: False): it cannot read new items.")
+    if not config.get("use_text") or not plugin.get("encoder"):
+        raise NewItemError(f"'{path}' is a CELA run without text (use_text: False) or from an older plugin "
+                           "that did not record its encoder: it cannot read new items (retrain it).")
     return checkpoint
 
 
-def _encoder_folder(checkpoint_path, config):
+def _encoder_folder(checkpoint_path, recorded, dataset):
     """The aligned encoder folder as recorded; else the same folder name in the default cache
     layout beside the checkpoint (a saved/ folder that was moved)."""
-    recorded = config["cela_encoder"]
     candidates = [recorded, os.path.join(os.path.dirname(os.path.abspath(checkpoint_path)), "cela",
-                                         config["dataset"], os.path.basename(recorded))]
+                                         dataset, os.path.basename(recorded))]
     for folder in candidates:
         if os.path.isfile(os.path.join(folder, "config.json")):
             return folder
@@ -115,7 +111,7 @@ class NewItemScorer:
     def load(cls, checkpoint_path, dataset=None, config_dict=None):
         """Load a CELA run. ``dataset``: the dataset you expect the run to be about (checked);
         ``config_dict``: overrides, e.g. ``{"data_path": ...}`` when the data moved."""
-        from recbole_cela.quick_start import build_config
+        from recbole_cela.config import build_config
         from recbole_cela.text.encoder import load_encoder, load_tokenizer
 
         checkpoint = _load_checkpoint(checkpoint_path)
@@ -134,7 +130,7 @@ class NewItemScorer:
             fingerprint = data_fingerprint(config["data_path"], config["dataset"])
         except FileNotFoundError:
             fingerprint = None
-        if fingerprint != saved.get("cela_data"):
+        if fingerprint != checkpoint["plugin"].get("data"):
             raise NewItemError(
                 f"The files of dataset '{config['dataset']}' in '{config['data_path']}' are not the ones "
                 f"'{checkpoint_path}' was trained on (changed or rebuilt since): retrain, or point "
@@ -148,13 +144,14 @@ class NewItemScorer:
         except RuntimeError as error:
             raise NewItemError(f"'{checkpoint_path}' does not fit the model its config builds: {error}") from None
         model.eval()
-        encoder_path = _encoder_folder(checkpoint_path, saved)
+        encoder_path = _encoder_folder(checkpoint_path, checkpoint["plugin"]["encoder"], saved["dataset"])
         encoder = load_encoder(encoder_path).eval()
         return cls(model, config, data, encoder, load_tokenizer(encoder_path))
 
     # --------------------------------------------------------------------------- new items
     def add_items(self, items):
         """Add ``{item_id: text}``; every text is encoded once. Returns the new internal ids."""
+        from recbole_cela.text.encoder import text_precision
         from recbole_cela.text.items import TokenizedItems, encode_items
 
         if not items:
@@ -174,8 +171,10 @@ class NewItemScorer:
             tokens.append(token)
             texts.append(str(text).strip())
         tokenized = TokenizedItems(self.tokenizer, texts, self.config["max_text_length"])
+        # The precision the run's table was encoded in, so old and new rows are alike.
         vectors = encode_items(self.encoder, tokenized, self.config["text_pooling"],
-                               self.config["eval_text_batch_size"], "cpu")
+                               self.config["eval_text_batch_size"], "cpu",
+                               precision=text_precision(self.config["text_amp"], "cpu"))
         ids = self.model.add_text_items(vectors).tolist()
         for token, internal in zip(tokens, ids):
             self.item_ids[token] = internal
@@ -244,8 +243,7 @@ def read_items_file(path, config=None):
     if all(":" in column for column in first):  # an atomic .item file
         from recbole_cela.text.items import assemble
 
-        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
-        frame.columns = [c.split(":")[0] for c in frame.columns]
+        frame = read_atomic_file(path)
         item_field = config["ITEM_ID_FIELD"] if config else "item_id"
         fields = list(config["text_fields"]) if config else []
         missing = [f for f in fields + [item_field] if f not in frame.columns]

@@ -12,7 +12,6 @@ rebuilds its flow from RecBole's own parts: ``Config`` -> ``create_dataset`` ->
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -25,66 +24,18 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_environment, init_logger, set_color
 
 import recbole_cela  # noqa: F401  (applies the compatibility fixes)
+from recbole_cela.checkpoints import run_record
 from recbole_cela.compat import plain
+from recbole_cela.config import build_config
 from recbole_cela.data import prepare_from_config
-from recbole_cela.distributed import Config, all_gather_object, barrier, broadcast_object
+from recbole_cela.distributed import all_gather_object, barrier, broadcast_object
 from recbole_cela.evaluation import RecordedPredictions, auc_by_popularity, item_popularity, overall_auc
-from recbole_cela.utils import (
-    PluginConfigError,
-    dataset_config_file,
-    get_model,
-    get_trainer,
-    init_seed,
-    known_datasets,
-    props_file,
-    recbole_props_file,
-)
+from recbole_cela.fileio import atomic_write_json
+from recbole_cela.model import get_model
+from recbole_cela.trainer import get_trainer
+from recbole_cela.utils import PluginConfigError, init_seed
 
-
-def config_files(model_name, dataset, config_file_list=None, backbone=None):
-    """props/overall.yaml, [the backbone's RecBole and plugin props], props/<MODEL>.yaml,
-    dataset_configs/<DATASET>.yaml, then the user's files (a later file wins)."""
-    files = [props_file("overall")]
-    if backbone:
-        files += [recbole_props_file(backbone), props_file(backbone)]
-    files += [props_file(model_name), dataset_config_file(dataset)]
-    files = [f for f in dict.fromkeys(files) if f] + list(config_file_list or [])
-    for f in files:
-        if not os.path.isfile(f):
-            raise PluginConfigError(f"Config file '{f}' does not exist.")
-    return files
-
-
-def build_config(model, dataset, config_file_list=None, config_dict=None):
-    """A RecBole ``Config`` for a plugin or RecBole model, with the plugin's default files."""
-    model_class = get_model(model)
-    files = config_files(model, dataset, config_file_list)
-    config = Config(
-        model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict
-    )
-    backbone_key = getattr(model_class, "backbone_key", None)
-    if backbone_key:  # a plugin model over a RecBole backbone: load the backbone's defaults too
-        backbone = config[backbone_key]
-        get_model(backbone)  # clear error for an unknown backbone
-        files = config_files(model, dataset, config_file_list, backbone=backbone)
-        config = Config(
-            model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict
-        )
-        config["MODEL_TYPE"] = model_class.model_type(config)
-    if config["source_format"]:
-        # RecBole hard-wires ml-100k's data_path to its bundled raw copy; converted datasets
-        # always live in <data_path>/<dataset> (default dataset/<dataset>).
-        base = config.external_config_dict.get("data_path") or config.internal_config_dict["data_path"]
-        config["data_path"] = os.path.join(base, dataset)
-    if config["benchmark_filename"] is None and dataset_config_file(dataset) is None:
-        folder = config["data_path"]
-        if not os.path.isfile(os.path.join(folder, f"{dataset}.inter")):
-            raise PluginConfigError(
-                f"Unknown dataset '{dataset}': no dataset_configs/{dataset}.yaml and no atomic "
-                f"files in '{folder}'. Known datasets: {', '.join(known_datasets())}; or add a "
-                f"config for yours (copy dataset_configs/amazon-sports.yaml)."
-            )
-    return model_class, config
+__all__ = ["build_config", "main", "run", "run_recbole_cela"]
 
 
 def _peak_rss_mb():
@@ -96,14 +47,8 @@ def _peak_rss_mb():
 
 def write_result(result, config):
     folder = config["results_dir"] or "results"
-    os.makedirs(folder, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = os.path.join(folder, f"{config['model']}-{config['dataset']}-{stamp}.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(os.path.join(folder, f"{config['model']}-{config['dataset']}-{stamp}.json"), result)
 
 
 def run_recbole_cela(
@@ -130,7 +75,10 @@ def run_recbole_cela(
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = model_class(config, train_data._dataset).to(config["device"])
     logger.info(model)
+    # RecBole's Trainer creates checkpoint_dir unless it exists: every rank at once races there.
+    os.makedirs(config["checkpoint_dir"], exist_ok=True)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    trainer.checkpoint_record = {**getattr(trainer, "checkpoint_record", {}), **run_record(config, train_data.dataset)}
     # RecBole names the checkpoint by each process's clock: every rank must load rank 0's file.
     trainer.saved_model_file = broadcast_object(trainer.saved_model_file)
 
@@ -241,6 +189,9 @@ def run(
     """Single process, or ``nproc`` processes per machine exactly as RecBole's ``run`` spawns."""
     if nproc == 1 and world_size <= 0:
         return run_recbole_cela(model, dataset, config_file_list, config_dict, saved)
+    not_distributed = getattr(get_model(model), "not_distributed", None)
+    if not_distributed:  # refused before any process starts or any data is read
+        raise PluginConfigError(not_distributed)
     import torch.multiprocessing as mp
 
     queue = mp.get_context("spawn").SimpleQueue()

@@ -101,10 +101,11 @@ def plugin_dap(encoder_path, tokenizer, tokenized, settings, batch_size, device,
     """Seconds for one training pass of the plugin's DAP over the items of ``tokenized``."""
     from recbole_cela.model.dap import DomainAdaptivePretraining
     from recbole_cela.text.encoder import freeze_below, load_encoder
-    from recbole_cela.text.items import ItemTextLoader
+    from recbole_cela.data.loaders import ItemTextLoader
 
     encoder = freeze_below(load_encoder(encoder_path, masked_lm=True), settings["text_trainable_layers"])
-    model = DomainAdaptivePretraining(settings, encoder, tokenizer).to(device).train()
+    model = DomainAdaptivePretraining(encoder, tokenizer, settings["text_pooling"], settings["simcse_temperature"],
+                                      settings["mlm_weight"], settings["mlm_probability"]).to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings["dap_learning_rate"])
 

@@ -194,7 +194,7 @@ def test_text_token_args_parse():
     assert "movie_title" in load_col["item"] and "class" in load_col["item"]
     assert load_col["inter"] == ["user_id", "item_id", "label", "item_id_list"]
     (arg,) = bm.text_token_args("amazon-sports")
-    assert ast.literal_eval(arg.split("=", 1)[1])["item"] == ["item_id", "title"]
+    assert ast.literal_eval(arg.split("=", 1)[1])["item"] == ["item_id", "attributes", "title"]
     args = bm.run_args("DIN-textTokens", DATASET, 2021, quick=True, extra_args=["--epochs=3"])
     assert "--epochs=3" in args and "--epochs=1" not in args  # --extra wins over --quick
     assert "--seed=2021" in args and "--model=DIN" in args

@@ -10,7 +10,8 @@ from recbole_cela.model.dap import DomainAdaptivePretraining
 from recbole_cela.model.fusion import item_id_vectors
 from recbole_cela.quick_start import run_recbole_cela
 from recbole_cela.text.encoder import TextEncoderError, load_encoder, load_tokenizer
-from recbole_cela.text.items import ItemTextError, ItemTextLoader, TokenizedItems, encode_items, item_texts
+from recbole_cela.data.loaders import ItemTextLoader
+from recbole_cela.text.items import ItemTextError, TokenizedItems, encode_items, item_texts
 from recbole_cela.trainer import CELATrainer
 from helpers import build_run, stages_run
 
@@ -37,7 +38,8 @@ def test_dap_loss_decreases_and_saves_identically(run_config, tiny_encoder, tmp_
     tokenizer = load_tokenizer(tiny_encoder)
     tokenized = TokenizedItems(tokenizer, item_texts(config, train.dataset)[1:65], 32)
     torch.manual_seed(0)
-    model = DomainAdaptivePretraining(config, load_encoder(tiny_encoder, masked_lm=True), tokenizer)
+    model = DomainAdaptivePretraining(load_encoder(tiny_encoder, masked_lm=True), tokenizer, config["text_pooling"],
+                                      config["simcse_temperature"], config["mlm_weight"], config["mlm_probability"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batch = tokenized.batch(torch.arange(64))
     losses = []
@@ -61,7 +63,8 @@ def test_alignment_retrieves_own_id_vector(run_config, tiny_encoder):
     items = torch.arange(1, 65)
     torch.manual_seed(0)
     id_table = torch.randn(len(tokenized), 24)
-    model = ItemAlignment(config, load_encoder(tiny_encoder), id_table)
+    model = ItemAlignment(load_encoder(tiny_encoder), id_table, config["text_pooling"], config["align_temperature"],
+                          config["align_proj_size"])
     loader = ItemTextLoader(tokenized, items, 64, shuffle=False)
     before = model.retrieval(loader)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -81,9 +84,9 @@ def test_alignment_heads_get_their_own_learning_rate(run_config, tiny_encoder, t
     from recbole_cela.trainer.alignment_trainer import AlignmentTrainer
 
     config, _, _, _, _ = setup(run_config, tiny_encoder, align_head_learning_rate=1e-3, text_trainable_layers=1)
-    model = ItemAlignment(config, load_encoder(tiny_encoder), torch.randn(10, 8))
+    model = ItemAlignment(load_encoder(tiny_encoder), torch.randn(10, 8), "mean", 1.0, 16)
     model.encoder.embeddings.requires_grad_(False)
-    trainer = AlignmentTrainer(config, model, str(tmp_path / "align.pth"))
+    trainer = AlignmentTrainer(config, model, AlignmentTrainer.settings(config), str(tmp_path / "align.pth"))
     encoder_group, head_group = trainer.optimizer.param_groups
     assert encoder_group["lr"] == config["align_learning_rate"] and head_group["lr"] == 1e-3
     heads = {id(p) for m in (model.text_head, model.id_head) for p in m.parameters()}
@@ -100,8 +103,9 @@ def test_item_id_vectors_are_the_backbone_item_fields(run_config, tiny_encoder):
     vectors = item_id_vectors(deepfm, train.dataset)
     # item fields: item_id, release_year (tokens) and class (token_seq), 16 wide each
     assert vectors.shape == (train.dataset.item_num, 3 * config["embedding_size"])
-    din = get_model("DIN")(config, train.dataset)
-    assert item_id_vectors(din, train.dataset).shape == vectors.shape
+    din_config, _, din_train, _, _ = setup(run_config, tiny_encoder, use_text=False)  # DIN's own settings
+    din = get_model("DIN")(din_config, din_train.dataset)
+    assert item_id_vectors(din, din_train.dataset).shape == (din_train.dataset.item_num, 3 * din_config["embedding_size"])
 
 
 def test_training_projection_is_row_exact_despite_padding():
@@ -262,7 +266,8 @@ def test_real_minilm_on_a_few_dozen_items(run_config):
     sims = torch.nn.functional.normalize(table, dim=1) @ torch.nn.functional.normalize(table, dim=1).T
     # A pretrained encoder: texts are distinct, and similar for items sharing genres.
     assert sims.diagonal().allclose(torch.ones(40), atol=1e-4) and (sims < 0.999).sum() > 40 * 39 - 5
-    model = DomainAdaptivePretraining(config, load_encoder(None, masked_lm=True), tokenizer)
+    model = DomainAdaptivePretraining(load_encoder(None, masked_lm=True), tokenizer, config["text_pooling"],
+                                      config["simcse_temperature"], config["mlm_weight"], config["mlm_probability"])
     batch = tokenized.batch(torch.arange(16))
     simcse, mlm = model.calculate_loss(batch)
     assert torch.isfinite(simcse) and torch.isfinite(mlm)

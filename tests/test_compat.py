@@ -13,7 +13,7 @@ from recbole.utils import get_model
 
 from recbole_cela.utils import init_seed
 
-from recbole_cela.compat import atomic_torch_save
+from recbole_cela.fileio import atomic_torch_save
 from recbole_cela.data import prepare_from_config
 from recbole_cela.quick_start import build_config
 
@@ -63,7 +63,7 @@ def test_fit_and_evaluate_with_best_model_reload(run_config, model):
     assert checkpoint["config"]["model"] == model
     for key, value in net.state_dict().items():
         assert torch.equal(checkpoint["state_dict"][key], value)
-    assert not [f for f in os.listdir(config["checkpoint_dir"]) if f.startswith(".tmp-")]
+    assert not [f for f in os.listdir(config["checkpoint_dir"]) if ".tmp-" in f]
     # RecBole's resume path reads it back too.
     other = Trainer(config, get_model(model)(config, train.dataset))
     other.resume_checkpoint(trainer.saved_model_file)

@@ -9,7 +9,7 @@ from recbole.data.interaction import Interaction
 from recbole_cela.model import DINUser
 from recbole_cela.model.fusion import DINTextFusion
 from recbole_cela.trainer import CELATrainer
-from recbole_cela.utils import get_model
+from recbole_cela.model import get_model
 from helpers import build_run
 
 FAST = {"align_epochs": 1, "epochs": 1, "align_batch_size": 32, "text_trainable_layers": -1, "max_text_length": 32}
@@ -50,7 +50,7 @@ def test_cela_over_din_user(run_config, tiny_encoder):
     trainer = CELATrainer(config, model)
     trainer.fit(train, valid, saved=False)  # stage 2 trains DINUser as its frozen ID backbone
     with open(os.path.join(trainer.stage_report["backbone"]["artifact"], "stage.json")) as f:
-        assert json.load(f)["backbone"] == "DINUser"
+        assert json.load(f)["settings"]["model"] == "DINUser"
     batch = next(iter(test))[0]
     model.eval()
     with torch.no_grad():

@@ -8,8 +8,9 @@ from recbole_cela.model.flip import TabularView
 from recbole_cela.model.flip_pretrain import FLIPPretraining
 from recbole_cela.quick_start import run_recbole_cela
 from recbole_cela.text.encoder import load_encoder, load_tokenizer
-from recbole_cela.text.prompts import InteractionPrompts, PromptBuilder, PromptError, SampledLoader, build_prompts
-from recbole_cela.trainer import FLIPTrainer
+from recbole_cela.data.loaders import SampledLoader
+from recbole_cela.text.prompts import InteractionPrompts, PromptBuilder, PromptError, build_prompts
+from recbole_cela.trainer import FLIPPretrainTrainer, FLIPTrainer
 from helpers import build_run, stages_run
 
 FAST = {"flip_pretrain_samples": 300, "flip_pretrain_batch_size": 32, "flip_pretrain_epochs": 1,
@@ -31,7 +32,7 @@ def pretraining(config, train, tiny_encoder, **switches):
     torch.manual_seed(0)
     tabular = TabularView(get_model(name)(config, train.dataset), name)
     tokenizer = load_tokenizer(tiny_encoder)
-    model = FLIPPretraining(config, tabular, load_encoder(tiny_encoder, masked_lm=True), tokenizer, train.dataset)
+    model = FLIPPretraining(FLIPPretrainTrainer.settings(config), tabular, load_encoder(tiny_encoder, masked_lm=True), tokenizer, train.dataset)
     prompts = build_prompts(config, train.dataset, tokenizer)
     return model, prompts
 

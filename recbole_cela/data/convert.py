@@ -75,7 +75,6 @@ nothing a later run would trust.
 
 import ast
 import gzip
-import hashlib
 import html
 import json
 import logging
@@ -91,7 +90,7 @@ import pandas as pd
 from numpy.dtypes import StringDType
 from tqdm import tqdm
 
-from recbole_cela.fileio import atomic_write
+from recbole_cela.fileio import atomic_write, file_digest
 
 #: Version of the output layout and protocol; a change re-converts every dataset.
 FORMAT_VERSION = 1
@@ -774,15 +773,6 @@ def _write_folder(folder, dataset, files, stamp):
     for name, data in files.items():
         atomic_write(os.path.join(folder, name), data)
     atomic_write(stamp_path, json.dumps(stamp, indent=2) + "\n")
-
-
-def file_digest(path):
-    """SHA-1 of a file's bytes (freshness by content: copying or touching a file changes nothing)."""
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _input_digests(inputs):

@@ -1,7 +1,16 @@
-"""Models added by the plugin (looked up by name before RecBole's)."""
+"""Models added by the plugin, and the lookup of any model by name (the plugin's before RecBole's)."""
 
+from recbole_cela.model.backbones import PLUGIN_BACKBONES, get_backbone
 from recbole_cela.model.cela import CELA
 from recbole_cela.model.din_user import DINUser
 from recbole_cela.model.flip import FLIP
 
-__all__ = ["CELA", "DINUser", "FLIP"]
+PLUGIN_MODELS = {"CELA": CELA, "FLIP": FLIP, **PLUGIN_BACKBONES}
+
+
+def get_model(name):
+    """The model class for ``name``: a plugin model, else any RecBole model (clear error otherwise)."""
+    return PLUGIN_MODELS.get(name) or get_backbone(name, known=PLUGIN_MODELS)
+
+
+__all__ = ["CELA", "DINUser", "FLIP", "PLUGIN_MODELS", "get_model"]

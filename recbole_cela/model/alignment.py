@@ -66,15 +66,14 @@ def alignment_target(kind, item_table, dataset):
 
 
 class ItemAlignment(nn.Module):
-    def __init__(self, config, encoder, id_table):
+    def __init__(self, encoder, id_table, pooling, temperature, proj_size):
         super().__init__()
         self.encoder = encoder  # an AutoModel
-        self.pooling = config["text_pooling"]
-        self.temperature = config["align_temperature"]
-        size = config["align_proj_size"]
+        self.pooling = pooling
+        self.temperature = temperature
         self.register_buffer("id_table", id_table.detach().clone())  # frozen backbone vectors
-        self.text_head = projection_head(encoder.config.hidden_size, size)
-        self.id_head = projection_head(id_table.shape[1], size)
+        self.text_head = projection_head(encoder.config.hidden_size, proj_size)
+        self.id_head = projection_head(id_table.shape[1], proj_size)
 
     def other_parameter(self):
         return None

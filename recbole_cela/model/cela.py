@@ -13,33 +13,28 @@ encoder never runs (the table is a buffer of this model, saved in its checkpoint
 from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import InputType, ModelType
 
+from recbole_cela.model.backbones import get_backbone
 from recbole_cela.model.fusion import fused_backbone
-from recbole_cela.text.encoder import resolve_encoder_path
-from recbole_cela.utils import get_model
+from recbole_cela.text.encoder import encoder_width
 
 
 class CELA(AbstractRecommender):
-    # RecBole reads these class attributes before the config exists; the dataset class really
-    # follows the backbone (see ``model_type``), which the runner applies.
+    # RecBole reads these before the config exists; the config, the dataset class and MODEL_TYPE
+    # follow the backbone (recbole_cela/config.py loads the backbone's RecBole defaults).
     type = ModelType.CONTEXT
     input_type = InputType.POINTWISE
     backbone_key = "backbone"
-
-    @staticmethod
-    def model_type(config):
-        return get_model(config["backbone"]).type
+    backbone_class = staticmethod(get_backbone)
 
     def __init__(self, config, dataset):
         super().__init__()
-        backbone_class = get_model(config["backbone"])
+        backbone_class = get_backbone(config["backbone"])
         self.use_text = config["use_text"]
         self.text_pooling = config["text_pooling"]
+        self.text_dim = None
         if self.use_text:
-            from transformers import AutoConfig
-
-            encoder = resolve_encoder_path(config["text_encoder"])
-            config["text_dim"] = AutoConfig.from_pretrained(encoder, local_files_only=True).hidden_size
-            backbone_class = fused_backbone(backbone_class)
+            self.text_dim = encoder_width(config["text_encoder"])
+            backbone_class = fused_backbone(backbone_class, self.text_dim)
         self.backbone = backbone_class(config, dataset)
 
     def set_text_table(self, table):

@@ -18,15 +18,13 @@ from recbole_cela.text.encoder import base_model, masked_lm_logits, pool
 
 
 class DomainAdaptivePretraining(nn.Module):
-    def __init__(self, config, encoder, tokenizer):
+    def __init__(self, encoder, tokenizer, pooling, simcse_temperature, mlm_weight, mlm_probability):
         super().__init__()
         self.encoder = encoder  # an AutoModelForMaskedLM
-        self.pooling = config["text_pooling"]
-        self.temperature = config["simcse_temperature"]
-        self.mlm_weight = config["mlm_weight"]
-        self.collator = DataCollatorForLanguageModeling(
-            tokenizer, mlm=True, mlm_probability=config["mlm_probability"]
-        )
+        self.pooling = pooling
+        self.temperature = simcse_temperature
+        self.mlm_weight = mlm_weight
+        self.collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=mlm_probability)
         self.register_buffer("special_ids", torch.tensor(sorted(set(tokenizer.all_special_ids))), persistent=False)
 
     def other_parameter(self):  # RecBole's trainer asks every model for these

@@ -26,6 +26,7 @@ from recbole.utils import InputType, ModelType
 from recbole.utils import get_model as recbole_get_model
 
 from recbole_cela.text.encoder import encode, freeze_below, load_encoder, resolve_encoder_path
+from recbole_cela.utils import PluginConfigError
 
 # Backbone -> its final linear layer(s): their input is the backbone's sample representation.
 BACKBONE_HEADS = {"DCNV2": ("predict_layer",), "DeepFM": ("deep_predict_layer",), "AutoInt": ("attn_fc", "deep_predict_layer")}
@@ -34,7 +35,7 @@ STRATEGIES = ("joint", "id", "text")
 
 def check_backbone(name):
     if name not in BACKBONE_HEADS:
-        raise ValueError(f"flip_backbone '{name}' is not supported by FLIP: use one of {', '.join(BACKBONE_HEADS)}.")
+        raise PluginConfigError(f"flip_backbone '{name}' is not supported by FLIP: use one of {', '.join(BACKBONE_HEADS)}.")
     return recbole_get_model(name)
 
 
@@ -72,10 +73,12 @@ class FLIP(AbstractRecommender):
     type = ModelType.CONTEXT
     input_type = InputType.POINTWISE
     backbone_key = "flip_backbone"
-
-    @staticmethod
-    def model_type(config):
-        return check_backbone(config["flip_backbone"]).type
+    backbone_class = staticmethod(check_backbone)
+    # The runner refuses --nproc / --world_size with this message, before any work.
+    not_distributed = (
+        "FLIP runs in one process: its pretraining and text fine-tuning read sampled interactions "
+        "through single-process loaders (docs/FLIP.md). Run it without --nproc / --world_size."
+    )
 
     def __init__(self, config, dataset):
         super().__init__()

@@ -31,16 +31,17 @@ from recbole_cela.text.encoder import base_model, mlm_head, pool
 
 
 class FLIPPretraining(nn.Module):
-    def __init__(self, config, tabular, encoder, tokenizer, dataset):
+    def __init__(self, settings, tabular, encoder, tokenizer, dataset):
+        """``settings``: :meth:`recbole_cela.trainer.FLIPPretrainTrainer.settings`."""
         super().__init__()
         self.tabular = tabular  # TabularView over a fresh RecBole backbone
         self.encoder = encoder  # an AutoModelForMaskedLM
-        self.use_mlm, self.use_mtm, self.use_icl = config["flip_mlm"], config["flip_mtm"], config["flip_icl"]
+        self.use_mlm, self.use_mtm, self.use_icl = settings["flip_mlm"], settings["flip_mtm"], settings["flip_icl"]
         if not (self.use_mlm or self.use_mtm or self.use_icl):
             raise ValueError("FLIP pretraining needs at least one of flip_mlm, flip_mtm, flip_icl (or set flip_pretrain: False).")
-        self.pooling = config["text_pooling"]
+        self.pooling = settings["text_pooling"]
         hidden, tab = encoder.config.hidden_size, tabular.dim
-        self.collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=config["flip_mlm_probability"])
+        self.collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=settings["flip_mlm_probability"])
         self.register_buffer("special_ids", torch.tensor(sorted(set(tokenizer.all_special_ids))), persistent=False)
 
         # MLM: [hidden || tabular] -> hidden, initialised as the identity on the hidden part.
@@ -54,9 +55,9 @@ class FLIPPretraining(nn.Module):
         backbone = tabular.backbone
         self.fields = list(backbone.token_field_names)
         self.vocab = [dataset.num(f) for f in self.fields]
-        self.mtm_probability = config["flip_mtm_probability"]
-        self.noise = config["flip_mtm_noise"]
-        size = config["embedding_size"]
+        self.mtm_probability = settings["flip_mtm_probability"]
+        self.noise = settings["flip_mtm_noise"]
+        size = backbone.embedding_size
         self.field_query = nn.Embedding(len(self.fields), hidden)
         self.tab_query = nn.Linear(tab, hidden)
         heads = encoder.config.num_attention_heads
@@ -65,9 +66,9 @@ class FLIPPretraining(nn.Module):
         self.value_embedding = nn.ModuleList(nn.Embedding(v, size) for v in self.vocab)
 
         # Contrast.
-        self.temperature = config["flip_icl_temperature"]
-        self.text_proj = projection_head(hidden, config["flip_proj_size"])
-        self.tab_proj = projection_head(tab, config["flip_proj_size"])
+        self.temperature = settings["flip_icl_temperature"]
+        self.text_proj = projection_head(hidden, settings["flip_proj_size"])
+        self.tab_proj = projection_head(tab, settings["flip_proj_size"])
 
     def other_parameter(self):  # RecBole's trainer asks every model for these
         return None

@@ -109,10 +109,10 @@ class ItemTextProjection(nn.Module):
             out = self._projected[items]
         return out.view(*items.shape, self.fields, self.embedding_size)
 
-def _text_projection(config, dataset):
+def _text_projection(config, dataset, text_dim):
     return ItemTextProjection(
         dataset.item_num,
-        config["text_dim"],
+        text_dim,
         config["embedding_size"],
         config["text_proj_fields"],
         config["text_normalize"],
@@ -122,12 +122,14 @@ def _text_projection(config, dataset):
 class ContextTextFusion(ContextRecommender):
     """Mixin placed between a context-aware backbone and ``ContextRecommender``."""
 
+    text_dim = None  # width of the text vectors: set by ``fused_backbone``
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.item_field = config["ITEM_ID_FIELD"]
         history = self.item_field + config["LIST_SUFFIX"]
         self.history_field = history if history in dataset.field2type else None
-        self.item_text = _text_projection(config, dataset)
+        self.item_text = _text_projection(config, dataset, self.text_dim)
         self.num_feature_field += self.item_text.fields * (2 if self.history_field else 1)
         self._text_source = None
 
@@ -178,9 +180,11 @@ class _TextSeqEmbedding(nn.Module):
 
 
 class DINTextFusion(DIN):
+    text_dim = None  # width of the text vectors: set by ``fused_backbone``
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.item_text = _text_projection(config, dataset)
+        self.item_text = _text_projection(config, dataset, self.text_dim)
         self.embedding_layer = _TextSeqEmbedding(self.embedding_layer, self.item_text)
         # DIN sizes its attention and MLP by the number of item fields: k more of them now.
         n_fields = self.dnn_list[0] // (3 * self.embedding_size) + self.item_text.fields
@@ -193,14 +197,16 @@ class DINTextFusion(DIN):
         self.apply(self._init_weights)
 
 
-def fused_backbone(backbone_class):
-    """The text-fused version of a RecBole backbone class."""
+def fused_backbone(backbone_class, text_dim):
+    """The text-fused version of a RecBole backbone class, for text vectors ``text_dim`` wide."""
+    name, attrs = f"Text{backbone_class.__name__}", {"text_dim": text_dim}
     if issubclass(backbone_class, DIN):
-        return DINTextFusion if backbone_class is DIN else type(f"Text{backbone_class.__name__}", (backbone_class, DINTextFusion), {})
+        bases = (DINTextFusion,) if backbone_class is DIN else (backbone_class, DINTextFusion)
+        return type(name, bases, attrs)
     if issubclass(backbone_class, ContextRecommender):
-        return type(f"Text{backbone_class.__name__}", (_AddedItemView, backbone_class, ContextTextFusion), {})
+        return type(name, (_AddedItemView, backbone_class, ContextTextFusion), attrs)
     raise ValueError(
-        f"backbone '{backbone_class.__name__}' is not supported by CELA: use DIN or a RecBole "
+        f"backbone '{backbone_class.__name__}' is not supported by CELA: use DIN, DINUser or a RecBole "
         "context-aware model (DeepFM, DCNV2, AutoInt, WideDeep, xDeepFM, FM, ...)."
     )
 

@@ -1,5 +1,9 @@
-"""Loading a local Hugging Face text encoder (no network) and pooling its token states."""
+"""A local Hugging Face text encoder (never downloaded): loading, pooling, which weights train
+(the top blocks or LoRA adapters), and the precision the text stages compute in."""
 
+import contextlib
+import functools
+import logging
 import os
 
 import torch
@@ -8,7 +12,7 @@ POOLING_MODES = ("cls", "mean")
 
 
 class TextEncoderError(ValueError):
-    """A text encoder folder that cannot be used, with what to do instead."""
+    """A text encoder folder or setting that cannot be used, with what to do instead."""
 
 
 def default_encoder_path():
@@ -34,6 +38,13 @@ def resolve_encoder_path(path):
             "empty for the bundled all-MiniLM-L6-v2."
         )
     return path
+
+
+def encoder_width(path):
+    """Hidden size of the encoder in ``path`` (read from its config, no weights loaded)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(resolve_encoder_path(path), local_files_only=True).hidden_size
 
 
 def load_tokenizer(path):
@@ -84,32 +95,33 @@ def encode(model, input_ids, attention_mask, mode):
     return pool(hidden, attention_mask, mode)
 
 
-def masked_lm_logits(model, hidden, positions):
-    """Vocabulary logits at the selected token states only.
-
-    Computing the head on the masked ~15% of positions (not every position) is what makes
-    the MLM loss cheap with a 30k-word vocabulary. BERT-like models keep the head in ``cls``,
-    RoBERTa-like ones in ``lm_head``; other architectures fall back to the full head.
-    """
-    return mlm_head(model, hidden[positions])
+def _mlm_head_modules(model):
+    """The vocabulary head of a ``*ForMaskedLM`` model: BERT-like ``cls``, RoBERTa-like
+    ``lm_head``, or DistilBERT's ``vocab_*`` layers."""
+    for name in ("cls", "lm_head"):
+        if getattr(model, name, None) is not None:
+            return [getattr(model, name)]
+    if hasattr(model, "vocab_projector"):
+        return [model.vocab_transform, model.vocab_layer_norm, model.vocab_projector]
+    raise TextEncoderError(
+        f"Unsupported masked-LM architecture {type(model).__name__}: its vocabulary head is none of "
+        "'cls' (BERT-like), 'lm_head' (RoBERTa-like) or 'vocab_projector' (DistilBERT-like)."
+    )
 
 
 def mlm_head(model, selected):
     """Vocabulary logits of token states [N, hidden] through a ``*ForMaskedLM`` model's head."""
-    for name in ("cls", "lm_head"):
-        head = getattr(model, name, None)
-        if head is not None:
-            return head(selected)
-    if hasattr(model, "vocab_projector"):  # DistilBERT
-        x = model.activation(model.vocab_transform(selected))
-        return model.vocab_projector(model.vocab_layer_norm(x))
-    raise TextEncoderError(f"Unsupported masked-LM architecture {type(model).__name__}.")
+    head = _mlm_head_modules(model)
+    if len(head) == 1:
+        return head[0](selected)
+    transform, norm, projector = head  # DistilBERT
+    return projector(norm(model.activation(transform(selected))))
 
 
-def autocast(device):
-    """bf16 autocast for the text stages on a GPU; a no-op on CPU."""
-    enabled = torch.device(device).type == "cuda"
-    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)
+def masked_lm_logits(model, hidden, positions):
+    """Vocabulary logits at the selected token states only (the masked ~15%, not every
+    position): what makes the MLM loss cheap with a 30k-word vocabulary."""
+    return mlm_head(model, hidden[positions])
 
 
 def transformer_layers(model):
@@ -135,3 +147,71 @@ def freeze_below(model, trainable_layers):
     for p in base_model(model).parameters():
         p.requires_grad_(id(p) in keep)
     return model
+
+
+def encoder_training(config):
+    """How the encoder trains in the stages that train it (stages 1-2, the end-to-end variant):
+    the top ``text_trainable_layers`` blocks, or, with ``text_lora_r`` > 0, LoRA adapters (peft)
+    on ``text_lora_target_modules`` of every block with the rest frozen."""
+    return {
+        "trainable_layers": config["text_trainable_layers"],
+        "lora_r": config["text_lora_r"] or 0,
+        "lora_alpha": config["text_lora_alpha"],
+        "lora_dropout": config["text_lora_dropout"],
+        "lora_target_modules": list(config["text_lora_target_modules"] or []),
+    }
+
+
+def make_trainable(model, training):
+    """Apply ``encoder_training`` settings to ``model`` (in place); returns a function that gives
+    the plain Hugging Face model to save: LoRA adapters merged into the weights, so the saved
+    folder loads with ``from_pretrained`` and encodes at the speed of the original encoder."""
+    if not training["lora_r"]:
+        freeze_below(model, training["trainable_layers"])
+        return lambda: model
+    from peft import LoraConfig, LoraModel
+
+    if not training["lora_target_modules"]:
+        raise TextEncoderError("text_lora_r > 0 needs text_lora_target_modules, e.g. [query, value] for BERT-like encoders.")
+    lora_config = LoraConfig(r=int(training["lora_r"]), lora_alpha=training["lora_alpha"],
+                             lora_dropout=training["lora_dropout"], target_modules=training["lora_target_modules"])
+    try:
+        lora = LoraModel(model, lora_config, "default")  # injects adapters into ``model`` itself
+    except ValueError as error:  # peft: "Target modules ... not found in the base model"
+        raise TextEncoderError(f"text_lora_target_modules {training['lora_target_modules']}: {error}") from None
+    if hasattr(model, "base_model") and base_model(model) is not model:  # a masked-LM head trains fully
+        for module in _mlm_head_modules(model):
+            module.requires_grad_(True)
+    return lora.merge_and_unload
+
+
+def _has_native_bf16(device_type):
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device_type == "cpu":
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return False
+
+
+@functools.lru_cache(maxsize=None)
+def text_precision(setting, device_type):
+    """``"bf16"`` or ``"fp32"`` for the text stages' autocast. ``text_amp`` True / False forces
+    it; ``auto`` takes bf16 where the device computes it natively (a GPU with bf16, a CPU with
+    AVX512-BF16 or AMX), fp32 elsewhere: emulated bf16 is slower than fp32. Logged once."""
+    if isinstance(setting, str) and setting.lower() == "auto":
+        native = _has_native_bf16(device_type)
+        precision = "bf16" if native else "fp32"
+        reason = f"auto: the {device_type} {'has' if native else 'lacks'} native bf16"
+    elif isinstance(setting, bool) or setting is None:
+        precision, reason = ("bf16" if setting else "fp32"), f"text_amp: {setting}"
+    else:
+        raise TextEncoderError(f"text_amp must be auto, True or False, not {setting!r}.")
+    logging.getLogger().info(f"text stages compute in {precision} ({reason})")
+    return precision
+
+
+def autocast(device, precision):
+    """bf16 autocast on ``device`` for ``precision`` "bf16", else no autocast."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)

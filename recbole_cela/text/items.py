@@ -1,4 +1,4 @@
-"""Item texts: assembled from the dataset's item file, tokenised once, served in batches.
+"""Item texts: assembled from the dataset's item file, tokenised once, encoded in batches.
 
 Everything here is per item (never per interaction): the cost of the text stages grows with the
 number of items only.
@@ -11,6 +11,9 @@ import pandas as pd
 import torch
 from recbole.data.interaction import Interaction
 
+from recbole_cela.fileio import read_atomic_file
+from recbole_cela.text.encoder import resolve_encoder_path
+
 
 class ItemTextError(ValueError):
     """Item text settings that do not match the dataset, with what to do instead."""
@@ -22,9 +25,7 @@ def _read_item_file(config):
         raise ItemTextError(
             f"No item file '{path}': CELA reads item texts from the dataset's .item atomic file."
         )
-    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
-    frame.columns = [c.split(":")[0] for c in frame.columns]
-    return frame, path
+    return read_atomic_file(path), path
 
 
 def assemble(frame, fields, template, fallback):
@@ -44,6 +45,18 @@ def assemble(frame, fields, template, fallback):
         texts = pd.Series(["; ".join(p for p in row if p) for row in zip(*parts)], index=frame.index)
     texts = texts.str.strip()
     return texts.where(texts != "", fallback)
+
+
+def item_text_settings(config):
+    """The settings that make the items' token ids: the encoder (its tokenizer), the text fields,
+    template and fallback, the length cap. Every text stage builds on these."""
+    return {
+        "encoder": resolve_encoder_path(config["text_encoder"]),
+        "text_fields": list(config["text_fields"] or []),
+        "text_template": config["text_template"],
+        "text_fallback": config["text_fallback"] or "unknown item",
+        "max_text_length": config["max_text_length"],
+    }
 
 
 def item_texts(config, dataset):
@@ -90,82 +103,18 @@ class TokenizedItems:
         return Interaction({"item_id": items, "input_ids": input_ids, "attention_mask": attention_mask})
 
 
-class ItemTextLoader:
-    """Batches of items for the text stages, with length bucketing.
-
-    Training order: shuffled (seeded per epoch), then sorted by length inside windows of
-    ``bucket`` batches, so batches hold texts of similar length (little padding) while the
-    order still changes every epoch. ``shuffle=False`` sorts all items by length (encoding).
-
-    With ``world_size > 1`` (DistributedDataParallel) the batches are those of one process:
-    training (``shuffle=True``) splits each batch into ``world_size`` parts and process ``rank``
-    takes its part, so one synchronised step covers exactly the items of the single-process step
-    and every process has the same number of steps (a part left empty by a tiny last batch
-    repeats that batch's first item); evaluation (``shuffle=False``) gives each process every
-    ``world_size``-th whole batch, so every item is encoded in exactly the batch (same padding)
-    it has in a single process.
-    """
-
-    def __init__(self, tokenized, items, batch_size, shuffle, seed=0, bucket=50, rank=0, world_size=1):
-        self.tokenized = tokenized
-        self.items = torch.as_tensor(items)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.bucket = bucket
-        self.rank, self.world_size = rank, world_size
-        self.epoch = 0
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-
-    @property
-    def sampler(self):
-        """RecBole's distributed trainer calls ``train_data.sampler.set_epoch(epoch)``."""
-        return self
-
-    def _batches(self):
-        items, lengths = self.items, self.tokenized.lengths[self.items]
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            perm = torch.randperm(len(items), generator=generator)
-            items, lengths = items[perm], lengths[perm]
-            window = self.batch_size * self.bucket
-            chunks = []
-            for start in range(0, len(items), window):
-                order = torch.argsort(lengths[start : start + window], stable=True)
-                chunks.append(items[start : start + window][order])
-            items = torch.cat(chunks) if chunks else items
-            batches = list(torch.split(items, self.batch_size))
-            order = torch.randperm(len(batches), generator=generator).tolist()
-            batches = [batches[i] for i in order]
-            if self.world_size > 1:
-                parts = [torch.tensor_split(b, self.world_size)[self.rank] for b in batches]
-                batches = [p if len(p) else b[:1] for p, b in zip(parts, batches)]
-            return batches
-        items = items[torch.argsort(lengths, stable=True)]
-        batches = list(torch.split(items, self.batch_size))
-        return batches[self.rank :: self.world_size]
-
-    def __len__(self):
-        n = -(-len(self.items) // self.batch_size)
-        return n if self.shuffle else len(range(self.rank, n, self.world_size))
-
-    def __iter__(self):
-        for items in self._batches():
-            yield self.tokenized.batch(items)
-        self.epoch += 1
-
-
 @torch.inference_mode()
-def encode_items(encoder, tokenized, pooling, batch_size, device, items=None, rank=0, world_size=1):
-    """Pooled vectors of ``items`` (default: all), [len(items), hidden], in item order.
+def encode_items(encoder, tokenized, pooling, batch_size, device, items=None, rank=0, world_size=1,
+                 precision="fp32"):
+    """Pooled vectors of ``items`` (default: all), [len(items), hidden], in item order, computed
+    under ``precision`` (``"bf16"``: bf16 autocast) and returned in fp32.
 
     No autograd, no dropout, batches sorted by length (little padding). With ``world_size > 1``
     (called by every process of a distributed run) each process encodes its shard of the batches
     and the shards are gathered: every process returns the whole table, identical to the one a
     single process computes (same batches, so the same padding and the same arithmetic).
     """
+    from recbole_cela.data.loaders import ItemTextLoader
     from recbole_cela.distributed import all_gather_object
     from recbole_cela.text.encoder import autocast, encode
 
@@ -178,7 +127,7 @@ def encode_items(encoder, tokenized, pooling, batch_size, device, items=None, ra
     done, vectors_done = [], []
     for batch in loader:
         batch = batch.to(device)
-        with autocast(device):
+        with autocast(device, precision):
             vectors = encode(encoder, batch["input_ids"], batch["attention_mask"], pooling)
         done.append(batch["item_id"].cpu())
         vectors_done.append(vectors.float().cpu())

@@ -18,9 +18,9 @@ first, as long as whole titles fit.
 
 import pandas as pd
 import torch
-from recbole.data.interaction import Interaction
 from recbole.utils import FeatureType
 
+from recbole_cela.text.encoder import resolve_encoder_path
 from recbole_cela.text.items import assemble, item_texts
 
 
@@ -168,54 +168,33 @@ class InteractionPrompts:
         return [self.builder.sentence(u, i, h) for u, i, h in zip(users, items, histories)]
 
 
+def prompt_settings(config):
+    """Every setting that shapes FLIP's prompts (besides the dataset's fields and files)."""
+    return {
+        "encoder": resolve_encoder_path(config["text_encoder"]),
+        "text_fields": list(config["text_fields"] or []),
+        "text_template": config["text_template"],
+        "text_fallback": config["text_fallback"],
+        "flip_user_fields": config["flip_user_fields"],
+        "flip_history_field": config["flip_history_field"],
+        "flip_max_prompt_length": config["flip_max_prompt_length"],
+    }
+
+
 def build_prompts(config, dataset, tokenizer):
-    """The ``InteractionPrompts`` of a dataset, from the config's text and FLIP prompt keys."""
-    users = user_texts(dataset, config["flip_user_fields"])
-    items = item_texts(config, dataset)
+    """The ``InteractionPrompts`` of a dataset: ``prompt_settings`` over its item file."""
+    settings = prompt_settings(config)
+    users = user_texts(dataset, settings["flip_user_fields"])
+    view = {**settings, "data_path": config["data_path"], "dataset": config["dataset"],
+            "ITEM_ID_FIELD": config["ITEM_ID_FIELD"]}
+    items = item_texts(view, dataset)
     history_field = config["ITEM_ID_FIELD"] + config["LIST_SUFFIX"]
     history_field = history_field if history_field in dataset.field2type else None
-    title_field = config["flip_history_field"]
+    title_field = settings["flip_history_field"]
     if title_field is None:
-        title_field = (config["text_fields"] or [None])[0]
+        title_field = (settings["text_fields"] or [None])[0]
     titles = None
     if history_field and title_field:
-        titles = title_texts(config, dataset, title_field)
-    builder = PromptBuilder(tokenizer, items, titles, users, config["flip_max_prompt_length"])
+        titles = title_texts(view, dataset, title_field)
+    builder = PromptBuilder(tokenizer, items, titles, users, settings["flip_max_prompt_length"])
     return InteractionPrompts(builder, dataset.uid_field, dataset.iid_field, history_field if titles else None)
-
-
-class SampledLoader:
-    """Batches of a RecBole train loader's rows: a fixed pool, optionally resampled per epoch.
-
-    ``pool``: row indices of ``data.dataset``; ``per_epoch``: rows drawn (without replacement,
-    seeded by ``seed`` + epoch) from the pool each epoch, ``None`` for the whole pool shuffled.
-    With ``prompts`` each batch also carries ``input_ids`` / ``attention_mask``.
-    """
-
-    def __init__(self, data, pool, batch_size, shuffle=True, seed=0, per_epoch=None, prompts=None):
-        self.data, self.pool = data, torch.as_tensor(pool)
-        self.dataset = data.dataset
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.per_epoch = None if per_epoch is None or per_epoch >= len(self.pool) else per_epoch
-        self.prompts = prompts
-        self.epoch = 0
-
-    def __len__(self):
-        n = self.per_epoch or len(self.pool)
-        return -(-n // self.batch_size)
-
-    def rows(self):
-        rows = self.pool
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            rows = rows[torch.randperm(len(rows), generator=generator)]
-        return rows[: self.per_epoch] if self.per_epoch else rows
-
-    def __iter__(self):
-        for index in torch.split(self.rows(), self.batch_size):
-            batch = self.data.collate_fn(index.numpy())
-            if self.prompts is not None:
-                input_ids, attention_mask = self.prompts(batch)
-                batch.update(Interaction({"input_ids": input_ids, "attention_mask": attention_mask}))
-            yield batch
-        self.epoch += 1

@@ -3,25 +3,40 @@
 import torch
 
 from recbole_cela.distributed import all_gather_object, world_size
+from recbole_cela.text.encoder import encoder_training, text_precision
+from recbole_cela.trainer.stage import param_groups
 from recbole_cela.trainer.text_stage import TextStageTrainer
 
 
 class AlignmentTrainer(TextStageTrainer):
-    def __init__(self, config, model, checkpoint_file):
-        self.head_learning_rate = config["align_head_learning_rate"]
-        super().__init__(config, model, "align", checkpoint_file)
+    stage = "align"
+
+    @staticmethod
+    def settings(config):
+        """Every setting stage 2b reads (its cache key hashes this dict)."""
+        return {
+            "epochs": config["align_epochs"],
+            "learning_rate": config["align_learning_rate"],
+            "head_learning_rate": config["align_head_learning_rate"],
+            "stopping_step": config["align_stopping_step"],
+            "batch_size": config["align_batch_size"],
+            "valid_ratio": config["align_valid_ratio"],
+            "temperature": config["align_temperature"],
+            "proj_size": config["align_proj_size"],
+            "target": config["align_target"],
+            "pooling": config["text_pooling"],
+            "training": encoder_training(config),
+            "precision": text_precision(config["text_amp"], torch.device(config["device"]).type),
+            "seed": config["seed"],
+        }
 
     def _build_optimizer(self, **kwargs):
         """Two parameter groups: the pretrained encoder at ``align_learning_rate`` (official
-        5e-5) and the freshly initialised projection heads at ``align_head_learning_rate``.
-
-        At the encoder's rate the randomly initialised heads barely move in the few epochs a
-        CPU affords (measured on amazon-sports: held-out recall@10 0.0033 -> 0.0057, chance
-        0.0027), so the alignment loss stays near ln(batch size)."""
-        if "params" not in kwargs and self.head_learning_rate:
-            encoder = [p for p in self.model.encoder.parameters() if p.requires_grad]
-            heads = [p for n, p in self.model.named_parameters() if p.requires_grad and not n.startswith("encoder.")]
-            kwargs["params"] = [{"params": encoder}, {"params": heads, "lr": self.head_learning_rate}]
+        5e-5) and the freshly initialised projection heads at ``align_head_learning_rate``: at
+        the encoder's rate the random heads barely move in the few epochs a CPU affords, and the
+        alignment loss stays near ln(batch size) (docs/tuning.md)."""
+        if "params" not in kwargs:
+            kwargs["params"] = param_groups(self.model, other_lr=self.settings["head_learning_rate"])
         return super()._build_optimizer(**kwargs)
 
     def diagnostics(self, valid_data):

@@ -1,51 +1,44 @@
 """CELA's trainer: runs (or reuses) the three stages, then trains the fused model.
 
 Stage 1  DAPTrainer         encoder <- MLM + SimCSE on item texts          artifact: HF folder
-Stage 2a RecBole Trainer    ID backbone on the CTR data                    artifact: model.pth
+Stage 2a RecBole Trainer    ID backbone on the CTR data (or                artifact: model.pth
+                            ``backbone_checkpoint``: a trained run of it)
 Stage 2b AlignmentTrainer   encoder aligned to the frozen backbone items   artifact: HF folder
 Table    encode_items       one vector per item with the final encoder     artifact: item_text.pt
 Stage 3  this Trainer       fresh backbone fused with the text table       RecBole checkpoint
 
-Each artifact is cached by :class:`recbole_cela.text.cache.StageCache` under
-``cela_dir`` (default ``<checkpoint_dir>/cela/<dataset>``). The ablation switches ``dap``,
-``align``, ``use_text`` and ``finetune_encoder`` only change which stages run.
+Artifacts are cached under ``cela_dir`` (default ``<checkpoint_dir>/cela/<dataset>``) by the
+staged-trainer base (:mod:`recbole_cela.trainer.stage`). Each stage's key hashes the settings it
+reads: ``DAPTrainer.settings`` / ``AlignmentTrainer.settings`` / the table's, and for the ID
+backbone every resolved setting that is not CELA's own (``backbone_settings``), so the backbone
+is the model ``--model=<BACKBONE>`` trains with the same data, seed and settings. The ablation
+switches ``dap``, ``align``, ``use_text`` and ``finetune_encoder`` only change which stages run.
 
 Distributed (``--nproc``/``--world_size``, see docs/distributed.md): every stage runs in every
 process. Stages 1 and 2b train under DistributedDataParallel on per-process parts of each item
 batch, stage 2a and stage 3 are RecBole's distributed trainer (DistributedSampler), the table
-is encoded in shards and gathered. Only rank 0 writes artifacts (atomically, as in a single
-process); the others wait on a barrier and read them. Whether a stage is cached is rank 0's
-decision, broadcast to all.
+is encoded in shards and gathered. Only rank 0 writes artifacts.
 """
 
 import os
-import shutil
 import time
-import uuid
 
 import torch
-from recbole.trainer import Trainer
-from recbole.utils import set_color
 
-from recbole_cela.compat import atomic_torch_save, plain
-from recbole_cela.distributed import barrier, broadcast_object, is_main, rank, world_size
+from recbole_cela.checkpoints import backbone_state
+from recbole_cela.data.loaders import ItemTextLoader
+from recbole_cela.distributed import rank, world_size
+from recbole_cela.fileio import atomic_torch_save, file_digest, fingerprint
 from recbole_cela.model.alignment import ItemAlignment, alignment_target
+from recbole_cela.model.backbones import get_backbone
 from recbole_cela.model.dap import DomainAdaptivePretraining
 from recbole_cela.model.fusion import item_id_vectors
-from recbole_cela.text.cache import StageCache, data_fingerprint, fingerprint
-from recbole_cela.text.encoder import freeze_below, load_encoder, load_tokenizer, resolve_encoder_path
-from recbole_cela.text.items import ItemTextLoader, TokenizedItems, encode_items, item_texts
+from recbole_cela.text.encoder import encoder_training, load_encoder, load_tokenizer, make_trainable, text_precision
+from recbole_cela.text.items import TokenizedItems, encode_items, item_text_settings, item_texts
 from recbole_cela.trainer.alignment_trainer import AlignmentTrainer
 from recbole_cela.trainer.dap_trainer import DAPTrainer
-from recbole_cela.utils import get_model, init_seed
-
-TEXT_KEYS = ["text_fields", "text_template", "text_fallback", "max_text_length", "text_trainable_layers"]
-DAP_KEYS = ["dap_epochs", "dap_learning_rate", "dap_stopping_step", "dap_batch_size", "mlm_probability",
-            "simcse_temperature", "mlm_weight", "text_pooling", "dap_valid_ratio"]
-ALIGN_KEYS = ["align_epochs", "align_learning_rate", "align_head_learning_rate", "align_stopping_step", "align_batch_size",
-              "align_temperature", "align_proj_size", "text_pooling", "align_valid_ratio", "align_target"]
-BACKBONE_KEYS = ["embedding_size", "learning_rate", "train_batch_size", "epochs", "stopping_step",
-                 "weight_decay", "load_col", "numerical_features"]
+from recbole_cela.trainer.stage import StagedTrainer, backbone_config, backbone_settings, param_groups
+from recbole_cela.utils import init_seed, props_keys
 
 
 def split_items(n_items, valid_ratio, seed):
@@ -56,204 +49,132 @@ def split_items(n_items, valid_ratio, seed):
     return items[n_valid:], items[:n_valid]
 
 
-class CELATrainer(Trainer):
-    def __init__(self, config, model):
-        super().__init__(config, model)
-        self.cache = StageCache(config["cela_dir"] or os.path.join(config["checkpoint_dir"], "cela", config["dataset"]))
-        self.stage_report = {}
+class CELATrainer(StagedTrainer):
+    artifact_dir_key = "cela_dir"
+    artifact_folder = "cela"
 
     # ----------------------------------------------------------------------------- helpers
-    def _report(self, stage, start, cached, path, **info):
-        entry = {"time_s": round(time.time() - start, 2), "cached": cached, "artifact": path, **info}
-        if cached:  # what making the artifact cost (None for artifacts older than this record)
-            entry["original_time_s"] = self.cache.info(path).get("time_s")
-        self.stage_report[stage] = entry
-        state = "reused" if cached else "done"
-        self.logger.info(set_color(f"CELA stage [{stage}] {state}", "green") + f": {plain(entry)}")
-
-    def _is_complete(self, path):
-        return broadcast_object(self.cache.is_complete(path))
-
-    def _scratch_file(self, path):
-        """A checkpoint file beside ``path`` that every process agrees on (rank 0 names it). Its
-        folder starts with ``<stage>-<key>.tmp-``, so a killed run's one is cleared next time."""
-        folder = broadcast_object(f"{path}.tmp-train-{uuid.uuid4().hex[:8]}")
-        if is_main():
-            os.makedirs(folder, exist_ok=True)
-        barrier()
-        return os.path.join(folder, "checkpoint.pth")
-
-    def _keys(self, names):
-        return {k: plain(self.config[k]) for k in names}
-
     def _text_setup(self, dataset):
-        encoder_path = resolve_encoder_path(self.config["text_encoder"])
-        self.tokenizer = load_tokenizer(encoder_path)
+        """Tokenise every item's text once; returns the text settings (the encoder included)."""
+        text = item_text_settings(self.config)
+        self.tokenizer = load_tokenizer(text["encoder"])
         texts = item_texts(self.config, dataset)
         start = time.time()
-        self.tokenized = TokenizedItems(self.tokenizer, texts, self.config["max_text_length"])
+        self.tokenized = TokenizedItems(self.tokenizer, texts, text["max_text_length"])
         self.logger.info(
             f"tokenised {len(texts)} item texts once in {time.time() - start:.1f}s "
             f"(mean length {self.tokenized.lengths.float().mean():.1f} tokens); e.g. {texts[1]!r}"
         )
-        base = {"data": data_fingerprint(self.config["data_path"], self.config["dataset"]),
-                "encoder": encoder_path, "text": self._keys(TEXT_KEYS)}
-        return encoder_path, base
+        return text
 
-    def _loaders(self, prefix, seed):
-        train_items, valid_items = split_items(len(self.tokenized), self.config[f"{prefix}_valid_ratio"], seed)
-        batch = self.config[f"{prefix}_batch_size"]
+    def _fit_items(self, trainer_class, model, settings, path):
+        """Train a text stage on the items (split by ``valid_ratio``) and keep its best epoch."""
+        train_items, valid_items = split_items(len(self.tokenized), settings["valid_ratio"], settings["seed"])
         shard = {"rank": rank(), "world_size": world_size()}
-        return (ItemTextLoader(self.tokenized, train_items, batch, shuffle=True, seed=seed, **shard),
-                ItemTextLoader(self.tokenized, valid_items, batch, shuffle=False, **shard))
+        batch = settings["batch_size"]
+        train = ItemTextLoader(self.tokenized, train_items, batch, shuffle=True, seed=settings["seed"], **shard)
+        valid = ItemTextLoader(self.tokenized, valid_items, batch, shuffle=False, **shard)
+        trainer = trainer_class(self.config, model.to(self.device), settings, self.scratch_file(path))
+        return self.fit_text_stage(trainer, train, valid)
 
-    def _train_text_stage(self, stage, trainer_class, model, path, key, seed):
-        """Fit a text stage (every process), keep its best epoch, save it atomically (rank 0)."""
-        stage_start = time.time()
-        train_loader, valid_loader = self._loaders(stage, seed)
-        checkpoint = self._scratch_file(path)
-        trainer = trainer_class(self.config, model, checkpoint)
-        before = trainer.diagnostics(valid_loader)
-        start = time.time()
-        trainer.fit(train_loader, valid_loader, saved=True, show_progress=self.config["show_progress"])
-        fit_time = time.time() - start
-        barrier()  # rank 0 has written the best epoch
-        trainer.load_best()
-        after = trainer.diagnostics(valid_loader)
-        barrier()  # every process has read it
-        if is_main():
-            epochs = len(trainer.train_loss_dict)
-            meta = {"stage": stage, "key": key, "world_size": world_size(), "report": plain({
-                "diagnostics_before": before,
-                "diagnostics_after": after,
-                "epochs": epochs,
-                "items_per_s": len(train_loader.items) * epochs / max(fit_time, 1e-9),
-            })}
-            with self.cache.writing(path, meta, start=stage_start) as tmp:
-                model.encoder.save_pretrained(tmp)
-                self.tokenizer.save_pretrained(tmp)
-            shutil.rmtree(os.path.dirname(checkpoint), ignore_errors=True)
-        barrier()
-        return self.cache.info(path)["report"]
+    def _save_encoder(self, plain_encoder):
+        def save(folder):  # a plain Hugging Face folder (LoRA adapters merged)
+            plain_encoder().save_pretrained(folder)
+            self.tokenizer.save_pretrained(folder)
+
+        return save
 
     # ----------------------------------------------------------------------------- stages
-    def stage_dap(self, encoder_path, base):
-        key = fingerprint({**base, **self._keys(DAP_KEYS), "seed": self.config["seed"]})
-        path = self.cache.path("dap", key)
-        start = time.time()
-        if self._is_complete(path):
-            self._report("dap", start, True, path, **self.cache.info(path).get("report", {}))
-            return path, self.cache.run_id(path)
-        encoder = freeze_below(load_encoder(encoder_path, masked_lm=True), self.config["text_trainable_layers"])
-        model = DomainAdaptivePretraining(self.config, encoder, self.tokenizer)
-        info = self._train_text_stage("dap", DAPTrainer, model.to(self.device), path, key, self.config["seed"])
-        self._report("dap", start, False, path, **info)
-        return path, self.cache.run_id(path)
+    def stage_dap(self, encoder_path, upstream):
+        settings = DAPTrainer.settings(self.config)
 
-    def stage_backbone(self, train_data, valid_data, base):
-        """The ID backbone, trained with RecBole's own Trainer (or loaded from the cache)."""
+        def build(path):
+            encoder = load_encoder(encoder_path, masked_lm=True)
+            plain_encoder = make_trainable(encoder, settings["training"])
+            model = DomainAdaptivePretraining(encoder, self.tokenizer, settings["pooling"], settings["simcse_temperature"],
+                                              settings["mlm_weight"], settings["mlm_probability"])
+            return self._fit_items(DAPTrainer, model, settings, path), self._save_encoder(plain_encoder)
+
+        return self.stage("dap", settings, build, upstream)
+
+    def stage_backbone(self, train_data, valid_data):
+        """The frozen ID backbone: RecBole's Trainer on the CTR data with exactly the settings of
+        ``--model=<BACKBONE>`` (or the trained run given as ``backbone_checkpoint``)."""
         name = self.config["backbone"]
-        key = fingerprint({"data": base["data"], "backbone": name, "seed": self.config["seed"],
-                           **self._keys(BACKBONE_KEYS + self.config["backbone_keys"])})
-        path = self.cache.path("backbone", key)
-        start = time.time()
-        backbone = get_model(name)(self.config, train_data.dataset).to(self.device)
-        if not self._is_complete(path):
-            trainer = Trainer(self.config, backbone)  # RecBole's (distributed) trainer
-            trainer.saved_model_file = self._scratch_file(path)
-            score, result = trainer.fit(train_data, valid_data, saved=True, show_progress=self.config["show_progress"])
-            barrier()
-            if is_main():
-                info = {"stage": "backbone", "key": key, "backbone": name, "world_size": world_size()}
-                state = torch.load(trainer.saved_model_file, map_location="cpu")["state_dict"]
-                with self.cache.writing(path, info, start=start) as tmp:
-                    atomic_torch_save({"state_dict": state, "valid": plain(dict(result or {}))}, os.path.join(tmp, "model.pth"))
-                shutil.rmtree(os.path.dirname(trainer.saved_model_file), ignore_errors=True)
-            barrier()
-            cached = False
-        else:
-            cached = True
-        saved = torch.load(os.path.join(path, "model.pth"), map_location=self.device)
-        backbone.load_state_dict(saved["state_dict"])
-        self._report("backbone", start, cached, path, valid=saved["valid"])
-        return backbone, self.cache.run_id(path)
+        config = backbone_config(self.config, name)
+        init_seed(self.config["seed"] + self.config["local_rank"], self.config["reproducibility"])  # as the runner does
+        backbone = get_backbone(name)(config, train_data.dataset).to(self.device)
+        if self.config["backbone_checkpoint"]:
+            return backbone, self._given_backbone(backbone, name, train_data.dataset)
+        path, run_id = self.stage("backbone", backbone_settings(self.config.final_config_dict, name),
+                                  lambda path: self.fit_id_model(backbone, config, train_data, valid_data, path))
+        backbone.load_state_dict(torch.load(os.path.join(path, "model.pth"), map_location=self.device)["state_dict"])
+        return backbone, run_id
 
-    def stage_align(self, encoder_path, upstream_id, backbone, backbone_id, dataset):
-        keys = self._keys(ALIGN_KEYS)
-        if keys["align_target"] == "item":  # the official target: keys of artifacts made before the option stay valid
-            del keys["align_target"]
-        key = fingerprint({"upstream": upstream_id, "backbone": backbone_id, **keys, "seed": self.config["seed"]})
-        path = self.cache.path("align", key)
+    def _given_backbone(self, backbone, name, dataset):
+        """Load ``backbone_checkpoint`` into ``backbone``; its run id is the file's content."""
         start = time.time()
-        if self._is_complete(path):
-            self._report("align", start, True, path, **self.cache.info(path).get("report", {}))
-            return path, self.cache.run_id(path)
-        id_table = alignment_target(self.config["align_target"], item_id_vectors(backbone, dataset).cpu(), dataset)
-        encoder = freeze_below(load_encoder(encoder_path), self.config["text_trainable_layers"])
-        model = ItemAlignment(self.config, encoder, id_table).to(self.device)
-        info = self._train_text_stage("align", AlignmentTrainer, model, path, key, self.config["seed"])
-        self._report("align", start, False, path, **info)
-        return path, self.cache.run_id(path)
+        path = os.path.abspath(self.config["backbone_checkpoint"])
+        state, saved = backbone_state(path, name, self.config, dataset)
+        backbone.load_state_dict(state)
+        ours, theirs = backbone_settings(self.config.final_config_dict, name), backbone_settings(saved, name)
+        own = props_keys(self.config["model"])  # CELA's keys given to the backbone's run mean nothing there
+        differ = sorted(k for k in set(ours) | set(theirs) if k not in own and ours.get(k) != theirs.get(k))
+        if differ:
+            self.logger.warning(f"backbone_checkpoint was trained with other values of {differ} than this run's backbone settings")
+        self.report("backbone", {"time_s": round(time.time() - start, 2), "cached": True, "given": True,
+                                 "artifact": path, "original_time_s": None, "settings_differ": differ})
+        return "checkpoint-" + file_digest(path)
 
-    def stage_table(self, encoder_path, upstream_id):
-        key = fingerprint({"upstream": upstream_id, "pooling": self.config["text_pooling"]})
-        path = self.cache.path("table", key)
-        start = time.time()
-        if not self._is_complete(path):
+    def stage_align(self, encoder_path, upstream, backbone, backbone_id, dataset):
+        settings = AlignmentTrainer.settings(self.config)
+
+        def build(path):
+            id_table = alignment_target(settings["target"], item_id_vectors(backbone, dataset).cpu(), dataset)
+            encoder = load_encoder(encoder_path)
+            plain_encoder = make_trainable(encoder, settings["training"])
+            model = ItemAlignment(encoder, id_table, settings["pooling"], settings["temperature"], settings["proj_size"])
+            return self._fit_items(AlignmentTrainer, model, settings, path), self._save_encoder(plain_encoder)
+
+        return self.stage("align", settings, build, {**upstream, "backbone": backbone_id})
+
+    def stage_table(self, encoder_path, upstream):
+        settings = {"pooling": self.config["text_pooling"], "batch_size": self.config["eval_text_batch_size"],
+                    "precision": text_precision(self.config["text_amp"], self.device.type)}
+
+        def build(path):
             # Every process encodes its shard of the items; all get the gathered table.
+            start = time.time()
             encoder = load_encoder(encoder_path).to(self.device)
-            table = encode_items(encoder, self.tokenized, self.config["text_pooling"],
-                                 self.config["eval_text_batch_size"], self.device,
-                                 rank=rank(), world_size=world_size())
-            if is_main():
-                info = {"stage": "table", "key": key, "encoder": encoder_path, "world_size": world_size()}
-                with self.cache.writing(path, info, start=start) as tmp:
-                    atomic_torch_save(table, os.path.join(tmp, "item_text.pt"))
-            barrier()
-            cached = False
-        else:
-            cached = True
-        table = torch.load(os.path.join(path, "item_text.pt"), map_location="cpu")
-        n = len(self.tokenized)
-        self._report("table", start, cached, path, items=n,
-                     items_per_s=None if cached else n / max(time.time() - start, 1e-9))
-        return table
+            table = encode_items(encoder, self.tokenized, settings["pooling"], settings["batch_size"], self.device,
+                                 rank=rank(), world_size=world_size(), precision=settings["precision"])
+            report = {"items": len(table), "items_per_s": len(table) / max(time.time() - start, 1e-9)}
+            return report, lambda folder: atomic_torch_save(table, os.path.join(folder, "item_text.pt"))
+
+        path, _ = self.stage("table", settings, build, upstream)
+        return torch.load(os.path.join(path, "item_text.pt"), map_location="cpu")
 
     def prepare_text(self, train_data, valid_data):
         """Stages 1 and 2 and the item table; returns (table, final encoder folder)."""
         dataset = train_data.dataset
-        encoder_path, base = self._text_setup(dataset)
-        upstream_id = fingerprint(base)  # the raw encoder on this data
+        text = self._text_setup(dataset)
+        encoder_path, upstream = text["encoder"], {"text": fingerprint(text), "encoder": "raw"}
         if self.config["dap"]:
-            encoder_path, upstream_id = self.stage_dap(encoder_path, base)
+            encoder_path, upstream["encoder"] = self.stage_dap(encoder_path, upstream)
         if self.config["align"]:
-            backbone, backbone_id = self.stage_backbone(train_data, valid_data, base)
-            encoder_path, upstream_id = self.stage_align(encoder_path, upstream_id, backbone, backbone_id, dataset)
-        return self.stage_table(encoder_path, upstream_id), encoder_path
+            backbone, backbone_id = self.stage_backbone(train_data, valid_data)
+            encoder_path, upstream["encoder"] = self.stage_align(encoder_path, upstream, backbone, backbone_id, dataset)
+        return self.stage_table(encoder_path, upstream), encoder_path
 
     # ----------------------------------------------------------------------------- stage 3
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         if self.config["use_text"]:
             table, encoder_path = self.prepare_text(train_data, valid_data)
             self.model.set_text_table(table)
-            # Recorded in the checkpoint's config: what new items are encoded with, and the data
-            # the run was trained on (recbole_cela.new_items checks both).
-            self.config["cela_encoder"] = encoder_path
-            self.config["cela_data"] = data_fingerprint(self.config["data_path"], self.config["dataset"])
+            # In the checkpoint: what new items are encoded with (recbole_cela.new_items).
+            self.checkpoint_record["encoder"] = encoder_path
             if self.config["finetune_encoder"]:
-                # As in stages 1-2: only the top text_trainable_layers blocks train (-1: all).
-                encoder = freeze_below(load_encoder(encoder_path), self.config["text_trainable_layers"])
-                self.model.attach_encoder(encoder.to(self.device), self.tokenized)
-                # The pretrained encoder at its own (small) learning rate, the rest at RecBole's.
-                enc = [p for p in self.model.encoder.parameters() if p.requires_grad]
-                ids = {id(p) for p in enc}
-                rest = [p for p in self.model.parameters() if id(p) not in ids and p.requires_grad]
-                self.optimizer = self._build_optimizer(
-                    params=[{"params": rest}, {"params": enc, "lr": self.config["finetune_learning_rate"]}])
-                if not self.config["single_spec"]:  # new parameters: wrap the model again
-                    from recbole_cela.distributed import ddp_trainer_init
-
-                    ddp_trainer_init(self, self.config, self.model)
+                self._attach_encoder(encoder_path)
         # Whether stages ran or came from the cache changes how much randomness was drawn:
         # re-seed so that stage 3 (and so the predictions) depends on the seed alone.
         init_seed(self.config["seed"] + self.config["local_rank"], self.config["reproducibility"])
@@ -261,3 +182,16 @@ class CELATrainer(Trainer):
         result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
         self.stage_report["fusion"] = {"time_s": round(time.time() - start, 2), "cached": False}
         return result
+
+    def _attach_encoder(self, encoder_path):
+        """End-to-end variant: the encoder trains inside the CTR loss, as stages 1-2 train it (top
+        blocks or LoRA), at its own ``finetune_learning_rate``; the rest at RecBole's rate."""
+        encoder = load_encoder(encoder_path)
+        make_trainable(encoder, encoder_training(self.config))
+        self.model.attach_encoder(encoder.to(self.device), self.tokenized)
+        self.optimizer = self._build_optimizer(params=param_groups(self.model, encoder_lr=self.config["finetune_learning_rate"]))
+        if not self.config["single_spec"]:  # new parameters: wrap the model again
+            from recbole_cela.distributed import ddp_trainer_init
+
+            ddp_trainer_init(self, self.config, self.model)
+

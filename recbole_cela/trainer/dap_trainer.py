@@ -3,14 +3,31 @@
 import torch
 
 from recbole_cela.distributed import all_reduce_sum
+from recbole_cela.text.encoder import encoder_training, text_precision
 from recbole_cela.trainer.text_stage import TextStageTrainer
 
 
 class DAPTrainer(TextStageTrainer):
+    stage = "dap"
     valid_in_train_mode = True
 
-    def __init__(self, config, model, checkpoint_file):
-        super().__init__(config, model, "dap", checkpoint_file)
+    @staticmethod
+    def settings(config):
+        """Every setting stage 1 reads (its cache key hashes this dict)."""
+        return {
+            "epochs": config["dap_epochs"],
+            "learning_rate": config["dap_learning_rate"],
+            "stopping_step": config["dap_stopping_step"],
+            "batch_size": config["dap_batch_size"],
+            "valid_ratio": config["dap_valid_ratio"],
+            "mlm_probability": config["mlm_probability"],
+            "simcse_temperature": config["simcse_temperature"],
+            "mlm_weight": config["mlm_weight"],
+            "pooling": config["text_pooling"],
+            "training": encoder_training(config),
+            "precision": text_precision(config["text_amp"], torch.device(config["device"]).type),
+            "seed": config["seed"],
+        }
 
     def diagnostics(self, valid_data):
         """Held-out MLM loss and SimCSE alignment / uniformity (lower is better for all); in a

@@ -5,68 +5,67 @@ Stage id_warmup  RecBole Trainer      (joint only) the pretrained backbone on al
                                       CTR interactions, before the text tower joins
 Stage finetune   this Trainer         FLIP with flip_finetune = id | text | joint   RecBole checkpoint
 
-Artifacts are cached by :class:`recbole_cela.text.cache.StageCache` under ``flip_dir`` (default
-``<checkpoint_dir>/flip/<dataset>``), keyed by the data, the settings each stage reads and the run
-id of the stage it builds on, exactly like CELA's stages.
+Artifacts are cached under ``flip_dir`` (default ``<checkpoint_dir>/flip/<dataset>``) by the
+staged-trainer base CELA's trainer uses too (:mod:`recbole_cela.trainer.stage`): keyed by the data,
+the settings each stage reads and the run id of the stage it builds on.
 
 On a CPU the text encoder cannot read every interaction: pretraining reads a fixed sample of
 ``flip_pretrain_samples`` training interactions, and the text strategies fine-tune on
 ``flip_finetune_samples`` interactions per epoch (a fresh sample each epoch). The ``id``
-strategy (and ``id_warmup``) always train on every interaction. See props/FLIP.yaml.
+strategy (and ``id_warmup``) always train on every interaction. See props/FLIP.yaml. Those
+sampled loaders are single-process, so FLIP refuses ``--nproc`` / ``--world_size`` (the runner
+says so before any work).
 """
 
 import os
 import time
 
 import torch
-from recbole.trainer import Trainer
-from recbole.utils import set_color
 
-from recbole_cela.compat import atomic_torch_save, plain
+from recbole_cela.data.loaders import SampledLoader
+from recbole_cela.fileio import atomic_torch_save
 from recbole_cela.model.flip import TabularView, check_backbone
 from recbole_cela.model.flip_pretrain import FLIPPretraining
-from recbole_cela.text.cache import StageCache, data_fingerprint, fingerprint
-from recbole_cela.text.encoder import freeze_below, load_encoder, load_tokenizer, resolve_encoder_path
-from recbole_cela.text.prompts import SampledLoader, build_prompts
+from recbole_cela.text.encoder import freeze_below, load_encoder, load_tokenizer, text_precision
+from recbole_cela.text.prompts import build_prompts, prompt_settings
+from recbole_cela.trainer.stage import StagedTrainer, backbone_config, backbone_settings, param_groups
 from recbole_cela.trainer.text_stage import TextStageTrainer
-from recbole_cela.utils import init_seed, recbole_props_file
-
-PROMPT_KEYS = ["text_fields", "text_template", "text_fallback", "flip_user_fields", "flip_history_field",
-               "flip_max_prompt_length"]
-PRETRAIN_KEYS = ["flip_mlm", "flip_mtm", "flip_icl", "flip_pretrain_samples", "flip_pretrain_valid_ratio",
-                 "flip_pretrain_epochs", "flip_pretrain_learning_rate", "flip_pretrain_head_learning_rate",
-                 "flip_pretrain_stopping_step", "flip_pretrain_batch_size", "flip_mlm_probability",
-                 "flip_mtm_probability", "flip_mtm_noise", "flip_icl_temperature", "flip_proj_size",
-                 "text_pooling", "flip_trainable_layers"]
-TRAIN_KEYS = ["learning_rate", "train_batch_size", "epochs", "stopping_step", "weight_decay", "load_col",
-              "numerical_features", "embedding_size"]
-
-
-def param_groups(model, encoder_lr):
-    """Two optimizer groups: the encoder's trainable weights at ``encoder_lr``, the rest at the default."""
-    encoder = getattr(model, "encoder", None)
-    encoder_ids = {id(p) for p in encoder.parameters()} if encoder is not None else set()
-    rest = [p for p in model.parameters() if id(p) not in encoder_ids and p.requires_grad]
-    groups = [{"params": rest}]
-    trainable = [p for p in encoder.parameters() if p.requires_grad] if encoder is not None else []
-    if trainable:
-        groups.append({"params": trainable, "lr": encoder_lr})
-    return groups
+from recbole_cela.utils import PluginConfigError, init_seed
 
 
 class FLIPPretrainTrainer(TextStageTrainer):
     """RecBole's epoch loop over prompt batches; validation = the held-out pretraining loss."""
 
-    valid_in_train_mode = False
+    stage = "flip_pretrain"
 
-    def __init__(self, config, model, checkpoint_file):
-        self._encoder_lr = config["flip_pretrain_learning_rate"]
-        super().__init__(config, model, "flip_pretrain", checkpoint_file)
+    @staticmethod
+    def settings(config):
+        """Every setting FLIP's pretraining reads (besides the backbone's and the prompts')."""
+        return {
+            "flip_mlm": config["flip_mlm"],
+            "flip_mtm": config["flip_mtm"],
+            "flip_icl": config["flip_icl"],
+            "flip_mlm_probability": config["flip_mlm_probability"],
+            "flip_mtm_probability": config["flip_mtm_probability"],
+            "flip_mtm_noise": config["flip_mtm_noise"],
+            "flip_icl_temperature": config["flip_icl_temperature"],
+            "flip_proj_size": config["flip_proj_size"],
+            "text_pooling": config["text_pooling"],
+            "samples": config["flip_pretrain_samples"],
+            "valid_ratio": config["flip_pretrain_valid_ratio"],
+            "epochs": config["flip_pretrain_epochs"],
+            "learning_rate": config["flip_pretrain_learning_rate"],
+            "head_learning_rate": config["flip_pretrain_head_learning_rate"],
+            "stopping_step": config["flip_pretrain_stopping_step"],
+            "batch_size": config["flip_pretrain_batch_size"],
+            "trainable_layers": config["flip_trainable_layers"],
+            "precision": text_precision(config["text_amp"], torch.device(config["device"]).type),
+            "seed": config["seed"],
+        }
 
     def _build_optimizer(self, **kwargs):
         if "params" not in kwargs:  # heads and backbone learn at their own, larger rate
-            kwargs["params"] = param_groups(self.model, self._encoder_lr)
-            kwargs["learning_rate"] = self.config["flip_pretrain_head_learning_rate"]
+            kwargs["params"] = param_groups(self.model, other_lr=self.settings["head_learning_rate"])
         return super()._build_optimizer(**kwargs)
 
     def diagnostics(self, valid_data):
@@ -80,11 +79,14 @@ class FLIPPretrainTrainer(TextStageTrainer):
         return out
 
 
-class FLIPTrainer(Trainer):
+class FLIPTrainer(StagedTrainer):
+    artifact_dir_key = "flip_dir"
+    artifact_folder = "flip"
+
     def __init__(self, config, model):
+        if not config["single_spec"]:
+            raise PluginConfigError(type(model).not_distributed)
         super().__init__(config, model)
-        self.cache = StageCache(config["flip_dir"] or os.path.join(config["checkpoint_dir"], "flip", config["dataset"]))
-        self.stage_report = {}
         self.prompts = None
         if config["flip_finetune"] != "id":  # the encoder reads every sample: fewer, sampled epochs
             self.epochs = config["flip_text_epochs"]
@@ -93,118 +95,68 @@ class FLIPTrainer(Trainer):
 
     def _build_optimizer(self, **kwargs):
         if "params" not in kwargs and getattr(self.model, "encoder", None) is not None:
-            kwargs["params"] = param_groups(self.model, self.config["flip_encoder_learning_rate"])
+            kwargs["params"] = param_groups(self.model, encoder_lr=self.config["flip_encoder_learning_rate"])
         return super()._build_optimizer(**kwargs)
 
-    # ----------------------------------------------------------------------------- helpers
-    def _report(self, stage, start, cached, path, **info):
-        entry = {"time_s": round(time.time() - start, 2), "cached": cached, "artifact": path, **info}
-        self.stage_report[stage] = entry
-        state = "reused" if cached else "done"
-        self.logger.info(set_color(f"FLIP stage [{stage}] {state}", "green") + f": {plain(entry)}")
-
-    def _keys(self, names):
-        return {k: plain(self.config[k]) for k in names}
-
-    def _backbone_keys(self):
-        """Every key of the backbone's RecBole defaults file, with its value in this run."""
-        import yaml
-
-        name = self.config["flip_backbone"]
-        path = recbole_props_file(name)
-        keys = []
-        if path:
-            with open(path) as f:
-                keys = sorted(yaml.safe_load(f) or {})
-        return {"backbone": name, **self._keys(keys)}
-
     def _setup(self, dataset):
-        self.encoder_path = resolve_encoder_path(self.config["text_encoder"])
-        self.tokenizer = load_tokenizer(self.encoder_path)
+        self.prompt_settings = prompt_settings(self.config)
+        self.tokenizer = load_tokenizer(self.prompt_settings["encoder"])
         start = time.time()
         self.prompts = build_prompts(self.config, dataset, self.tokenizer)
         self.logger.info(f"FLIP prompts: users, items and titles tokenised once in {time.time() - start:.1f}s")
-        self.base = {"data": data_fingerprint(self.config["data_path"], self.config["dataset"]),
-                     "encoder": self.encoder_path, "prompt": self._keys(PROMPT_KEYS)}
 
-    def _pretrain_loaders(self, train_data):
+    def _pretrain_loaders(self, train_data, settings):
         n_rows = len(train_data.dataset)
-        seed = self.config["seed"]
+        seed = settings["seed"]
         generator = torch.Generator().manual_seed(seed)
         rows = torch.randperm(n_rows, generator=generator)
-        n = self.config["flip_pretrain_samples"]
+        n = settings["samples"]
         n = n_rows if n is None or n < 0 else min(n, n_rows)
         rows = rows[:n]
-        n_valid = max(1, int(round(self.config["flip_pretrain_valid_ratio"] * n)))
-        batch = self.config["flip_pretrain_batch_size"]
+        n_valid = max(1, int(round(settings["valid_ratio"] * n)))
+        batch = settings["batch_size"]
         train = SampledLoader(train_data, rows[n_valid:], batch, shuffle=True, seed=seed, prompts=self.prompts)
         valid = SampledLoader(train_data, rows[:n_valid], batch, shuffle=False, prompts=self.prompts)
         return train, valid
 
     # ----------------------------------------------------------------------------- stages
     def stage_pretrain(self, train_data):
-        key = fingerprint({**self.base, **self._backbone_keys(), **self._keys(PRETRAIN_KEYS + TRAIN_KEYS[-3:]),
-                           "seed": self.config["seed"]})
-        path = self.cache.path("pretrain", key)
-        start = time.time()
-        if self.cache.is_complete(path):
-            self._report("pretrain", start, True, path, **self.cache.info(path).get("report", {}))
-            return path, self.cache.run_id(path)
-        dataset = train_data.dataset
         name = self.config["flip_backbone"]
-        init_seed(self.config["seed"], self.config["reproducibility"])
-        tabular = TabularView(check_backbone(name)(self.config, dataset), name)
-        encoder = freeze_below(load_encoder(self.encoder_path, masked_lm=True), self.config["flip_trainable_layers"])
-        model = FLIPPretraining(self.config, tabular, encoder, self.tokenizer, dataset).to(self.device)
-        train_loader, valid_loader = self._pretrain_loaders(train_data)
-        meta = {"stage": "pretrain", "key": key}
-        with self.cache.writing(path, meta) as tmp:
-            trainer = FLIPPretrainTrainer(self.config, model, os.path.join(tmp, "checkpoint.pth"))
-            before = trainer.diagnostics(valid_loader)
-            fit_start = time.time()
-            trainer.fit(train_loader, valid_loader, saved=True, show_progress=self.config["show_progress"])
-            fit_time = time.time() - fit_start
-            trainer.load_best()
-            after = trainer.diagnostics(valid_loader)
-            os.remove(trainer.saved_model_file)
-            model.encoder.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            atomic_torch_save(model.tabular.backbone.state_dict(), os.path.join(tmp, "backbone.pth"))
-            epochs = len(trainer.train_loss_dict)
-            meta["report"] = plain({
-                "diagnostics_before": before,
-                "diagnostics_after": after,
-                "epochs": epochs,
-                "samples": len(train_loader.pool),
-                "items_per_s": len(train_loader.pool) * epochs / max(fit_time, 1e-9),  # samples/s
-            })
-        self._report("pretrain", start, False, path, **meta["report"])
-        return path, self.cache.run_id(path)
+        own = FLIPPretrainTrainer.settings(self.config)
+        settings = {"pretrain": own, "prompts": self.prompt_settings, "backbone": backbone_settings(self.config.final_config_dict, name)}
+
+        def build(path):
+            dataset = train_data.dataset
+            init_seed(own["seed"], self.config["reproducibility"])
+            tabular = TabularView(check_backbone(name)(self.config, dataset), name)
+            encoder = freeze_below(load_encoder(self.prompt_settings["encoder"], masked_lm=True), own["trainable_layers"])
+            model = FLIPPretraining(own, tabular, encoder, self.tokenizer, dataset).to(self.device)
+            train_loader, valid_loader = self._pretrain_loaders(train_data, own)
+            trainer = FLIPPretrainTrainer(self.config, model, own, self.scratch_file(path))
+            report = {**self.fit_text_stage(trainer, train_loader, valid_loader), "samples": train_loader.n_samples}
+
+            def save(folder):
+                model.encoder.save_pretrained(folder)
+                self.tokenizer.save_pretrained(folder)
+                atomic_torch_save(model.tabular.backbone.state_dict(), os.path.join(folder, "backbone.pth"))
+
+            return report, save
+
+        return self.stage("pretrain", settings, build)
 
     def stage_id_warmup(self, train_data, valid_data, backbone_state, upstream_id):
         """The (pretrained) backbone fine-tuned alone on every interaction, RecBole's Trainer."""
-        key = fingerprint({"data": self.base["data"], "upstream": upstream_id, **self._backbone_keys(),
-                           **self._keys(TRAIN_KEYS), "seed": self.config["seed"]})
-        path = self.cache.path("id_warmup", key)
-        start = time.time()
-        if not self.cache.is_complete(path):
+        name = self.config["flip_backbone"]
+
+        def build(path):
             init_seed(self.config["seed"], self.config["reproducibility"])
-            backbone = check_backbone(self.config["flip_backbone"])(self.config, train_data.dataset).to(self.device)
+            backbone = check_backbone(name)(self.config, train_data.dataset).to(self.device)
             if backbone_state is not None:
                 backbone.load_state_dict(backbone_state)
-            with self.cache.writing(path, {"stage": "id_warmup", "key": key}) as tmp:
-                trainer = Trainer(self.config, backbone)
-                trainer.saved_model_file = os.path.join(tmp, "checkpoint.pth")
-                _, result = trainer.fit(train_data, valid_data, saved=True, show_progress=self.config["show_progress"])
-                state = torch.load(trainer.saved_model_file, map_location="cpu")["state_dict"]
-                os.remove(trainer.saved_model_file)
-                atomic_torch_save({"state_dict": state, "valid": plain(dict(result or {}))}, os.path.join(tmp, "model.pth"))
-            cached = False
-        else:
-            cached = True
-        saved = torch.load(os.path.join(path, "model.pth"), map_location="cpu")
-        self._report("id_warmup", start, cached, path, valid=saved["valid"])
-        return saved["state_dict"]
+            return self.fit_id_model(backbone, backbone_config(self.config, name), train_data, valid_data, path)
+
+        path, _ = self.stage("id_warmup", backbone_settings(self.config.final_config_dict, name), build, {"pretrain": upstream_id})
+        return torch.load(os.path.join(path, "model.pth"), map_location="cpu")["state_dict"]
 
     # ----------------------------------------------------------------------------- fine-tuning
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
@@ -245,3 +197,4 @@ class FLIPTrainer(Trainer):
                                          "strategy": strategy, "samples_per_epoch": per_epoch,
                                          "epochs": len(self.train_loss_dict)}
         return result
+

@@ -1,18 +1,17 @@
-"""Base of the text stages' trainers: RecBole's ``Trainer`` over batches of item texts.
+"""Base of the text stages' trainers: RecBole's ``Trainer`` over batches of item texts (or prompts).
 
 RecBole's ``Trainer`` does the epoch loop, progress bars, loss logging, early stopping and
-checkpointing; a text stage only changes what "validation" means (the stage's loss on held-out
-items, lower is better) and reads its own epochs / learning rate / batch size from prefixed
-keys (``dap_epochs``, ``align_learning_rate``, ...).
+checkpointing; a text stage changes what "validation" means (the stage's loss on held-out items,
+lower is better) and trains with its own settings: each subclass's ``settings(config)`` reads
+every key the stage uses, by its full name, and the stage's cache key hashes exactly that dict.
 
 Distributed (``--nproc`` > 1): RecBole's ``Trainer`` wraps the stage model in
 ``DistributedDataParallel`` and synchronises the gradients of each step; the item loaders give
-each process its part of every batch (:class:`recbole_cela.text.items.ItemTextLoader`), and the
+each process its part of every batch (:class:`recbole_cela.data.loaders.ItemTextLoader`), and the
 validation loss is summed over all processes, so every process takes the same early-stopping
-decision. On a GPU the stage trains under bf16 autocast (``text_amp``); on a CPU it does not.
+decision. With ``precision`` "bf16" (``text_amp``) the stage trains under bf16 autocast.
 """
 
-import contextlib
 import copy
 
 import torch
@@ -22,33 +21,27 @@ from recbole_cela.distributed import all_reduce_sum
 from recbole_cela.text.encoder import autocast
 
 
-def stage_config(config, prefix, **extra):
-    """A copy of ``config`` whose generic training keys take the stage's prefixed values."""
-    stage = copy.copy(config)
-    stage.final_config_dict = dict(config.final_config_dict)
-    for key in ("epochs", "learning_rate", "stopping_step"):
-        stage.final_config_dict[key] = config[f"{prefix}_{key}"]
-    # Mixed precision on a GPU only: bf16 autocast (no loss scaling needed, so RecBole's
-    # GradScaler stays off and gradient clipping sees true gradients).
-    amp = bool(config["text_amp"]) and torch.device(config["device"]).type == "cuda"
-    stage.final_config_dict.update(
-        {"eval_step": 1, "weight_decay": 0.0, "clip_grad_norm": {"max_norm": 1.0}, "learner": "adamw",
-         "enable_amp": amp, "enable_scaler": False}
-    )
-    stage.final_config_dict.update(extra)
-    return stage
-
-
 class TextStageTrainer(Trainer):
+    stage = None  # the stage's name: its logs read "<MODEL>-<stage>"
     valid_in_train_mode = False  # True where the loss itself needs dropout (SimCSE)
 
-    def __init__(self, config, model, prefix, checkpoint_file):
-        super().__init__(stage_config(config, prefix, model=f"{config['model']}-{prefix}"), model)
+    def __init__(self, config, model, settings, checkpoint_file):
+        stage = copy.copy(config)
+        stage.final_config_dict = dict(config.final_config_dict)
+        # bf16 needs no loss scaling, so RecBole's GradScaler stays off and gradient clipping
+        # sees true gradients; the rest is fixed for every text stage (AdamW, clip at 1.0).
+        stage.final_config_dict.update({
+            "model": f"{config['model']}-{self.stage}", "epochs": settings["epochs"],
+            "learning_rate": settings["learning_rate"], "stopping_step": settings["stopping_step"],
+            "eval_step": 1, "weight_decay": 0.0, "clip_grad_norm": {"max_norm": 1.0}, "learner": "adamw",
+            "enable_amp": settings["precision"] == "bf16", "enable_scaler": False,
+        })
+        self.settings = settings
+        super().__init__(stage, model)
         self.saved_model_file = checkpoint_file
 
     def autocast(self):
-        """bf16 autocast where the stage trains with it (GPU), else nothing."""
-        return autocast(self.device) if self.enable_amp else contextlib.nullcontext()
+        return autocast(self.device, self.settings["precision"])
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         # RecBole's autocast takes the device's default dtype (fp16 on CUDA): make it bf16.

@@ -1,0 +1,76 @@
+"""The plugin's RecBole ``Config``: which files a run reads, in which order, and whose defaults.
+
+A run of model ``M`` on dataset ``D`` reads, a later source winning:
+
+1. RecBole's internal defaults (``recbole/properties``: overall, ``model/<M>.yaml``, the quick-start
+   file of M's model type);
+2. ``props/overall.yaml``, then ``props/<M>.yaml``;
+3. ``dataset_configs/<D>.yaml``;
+4. the user's ``--config_files``, ``config_dict`` and ``--key=value`` command line.
+
+A plugin model built on an ID backbone (``backbone_key``: CELA's ``backbone``, FLIP's
+``flip_backbone``) reads the *backbone's* RecBole defaults in step 1 and ``props/<BACKBONE>.yaml``
+before ``props/<M>.yaml`` in step 2, so every key it does not own itself (the keys of
+``props/<M>.yaml``) resolves exactly as in a run of the backbone alone.
+"""
+
+import os
+
+from recbole_cela.distributed import Config as DistributedConfig
+from recbole_cela.utils import PluginConfigError, dataset_config_file, known_datasets, props_file
+
+
+class Config(DistributedConfig):
+    """RecBole's ``Config`` (with the plugin's device choice); a plugin model over a backbone
+    takes RecBole's internal defaults of that backbone, model type included."""
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        key = getattr(model_class, "backbone_key", None)
+        if key:
+            model = self.external_config_dict.get(key)
+            if not model:
+                raise PluginConfigError(f"{model_class.__name__} needs '{key}': the ID model it builds on.")
+            model_class = model_class.backbone_class(model)
+        super()._load_internal_config_dict(model, model_class, dataset)
+
+
+def config_files(model_name, dataset, config_file_list=None, backbone=None):
+    """props/overall.yaml, [props/<BACKBONE>.yaml], props/<MODEL>.yaml, dataset_configs/<DATASET>.yaml,
+    then the user's files (a later file wins)."""
+    files = [props_file("overall")] + ([props_file(backbone)] if backbone else [])
+    files += [props_file(model_name), dataset_config_file(dataset)]
+    files = [f for f in dict.fromkeys(files) if f] + list(config_file_list or [])
+    for f in files:
+        if not os.path.isfile(f):
+            raise PluginConfigError(f"Config file '{f}' does not exist.")
+    return files
+
+
+def build_config(model, dataset, config_file_list=None, config_dict=None):
+    """(model class, RecBole ``Config``) of a plugin or RecBole model, with the plugin's files."""
+    from recbole_cela.model import get_model
+
+    model_class = get_model(model)
+
+    def make(backbone=None):
+        files = config_files(model, dataset, config_file_list, backbone)
+        return Config(model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict)
+
+    config = make()
+    backbone_key = getattr(model_class, "backbone_key", None)
+    if backbone_key:  # the backbone's own props come before the model's
+        config = make(config[backbone_key])
+    if config["source_format"]:
+        # RecBole hard-wires ml-100k's data_path to its bundled raw copy; converted datasets
+        # always live in <data_path>/<dataset> (default dataset/<dataset>).
+        base = config.external_config_dict.get("data_path") or config.internal_config_dict["data_path"]
+        config["data_path"] = os.path.join(base, dataset)
+    if config["benchmark_filename"] is None and dataset_config_file(dataset) is None:
+        folder = config["data_path"]
+        if not os.path.isfile(os.path.join(folder, f"{dataset}.inter")):
+            raise PluginConfigError(
+                f"Unknown dataset '{dataset}': no dataset_configs/{dataset}.yaml and no atomic "
+                f"files in '{folder}'. Known datasets: {', '.join(known_datasets())}; or add a "
+                f"config for yours (copy dataset_configs/amazon-sports.yaml)."
+            )
+    return model_class, config

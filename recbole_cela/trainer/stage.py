@@ -1,0 +1,210 @@
+"""What CELA's and FLIP's trainers share: stage artifacts that are looked up or built, reported,
+written by rank 0 only and read by every process.
+
+A stage's artifact lives in ``<root>/<stage>-<key>``. Its key hashes the stage's *settings* and
+its *upstream*: the data's content and the run id of every artifact it builds on. A stage's
+settings are what the stage reads, gathered in one place (a trainer's ``settings(config)``, or
+:func:`backbone_settings`), so the key follows from the settings by construction: a changed
+setting gives a new key for its stage, and a re-made artifact a new run id, hence new keys, for
+every stage after it. A stage writes into a temporary sibling folder, puts ``stage.json`` in it
+last and renames it into place: a killed stage leaves only a ``.tmp-*`` folder, which is never
+trusted and is cleared by the next run of that stage.
+
+Distributed runs: every process takes part in building a stage (training runs under DDP); whether
+an artifact exists is rank 0's answer, broadcast; rank 0 alone writes; the others wait on a barrier
+and read what it wrote.
+"""
+
+import contextlib
+import copy
+import os
+import shutil
+import time
+import uuid
+
+import torch
+from recbole.trainer import Trainer
+from recbole.utils import set_color
+
+from recbole_cela.compat import plain
+from recbole_cela.distributed import barrier, broadcast_object, is_main, world_size
+from recbole_cela.fileio import atomic_torch_save, atomic_write_json, data_fingerprint, fingerprint, read_json
+from recbole_cela.utils import props_keys
+
+MARKER = "stage.json"
+
+# Resolved settings that change where things are read or written, what is logged, or which
+# device computes, but not what a stage computes; every other resolved key of a backbone run is
+# part of its key (backbone_settings). The data enters the keys by its content, not its path.
+NON_SEMANTIC_KEYS = frozenset({
+    # paths
+    "data_path", "source_path", "checkpoint_dir", "results_dir", "cela_dir", "flip_dir", "backbone_checkpoint",
+    "dataset_save_path", "dataloaders_save_path", "save_dataset", "save_dataloaders",
+    # logging and progress bars
+    "state", "show_progress", "verbose", "log_wandb", "wandb_project",
+    # devices and processes (a distributed stage computes the single-process steps: docs/distributed.md)
+    "gpu_id", "use_gpu", "device", "single_spec", "local_rank", "world_size", "nproc", "ip", "port", "offset",
+})
+
+
+def backbone_settings(values, backbone):
+    """Every resolved setting an ID-backbone stage depends on, from a run's resolved config
+    ``values`` (``config.final_config_dict``, or a checkpoint's saved config): all of it minus the
+    keys of the plugin model that builds on the backbone (those of ``props/<MODEL>.yaml``) and
+    :data:`NON_SEMANTIC_KEYS`, with the backbone's name as ``model``. A new RecBole or backbone
+    key is included without anyone listing it (``learner``, ``eval_step``, ``clip_grad_norm``,
+    DCNV2's ``cross_layer_num``, ...)."""
+    model = values.get("model")
+    own = props_keys(model) if model != backbone else frozenset()
+    settings = {k: plain(v) for k, v in values.items() if k not in own and k not in NON_SEMANTIC_KEYS}
+    settings["model"] = backbone
+    return settings
+
+
+def backbone_config(config, backbone):
+    """A copy of ``config`` naming ``backbone`` as its model: RecBole's Trainer logs and names
+    checkpoints by it, and a checkpoint it writes is one of that model (``backbone_checkpoint``)."""
+    out = copy.copy(config)
+    out.final_config_dict = {**config.final_config_dict, "model": backbone}
+    return out
+
+
+def param_groups(model, encoder_lr=None, other_lr=None):
+    """Optimizer groups of ``model``'s trainable weights: those of ``model.encoder`` (a pretrained
+    text encoder) at ``encoder_lr``, every other one at ``other_lr``; None keeps the optimizer's
+    learning rate, an empty group is left out. A pretrained encoder and freshly initialised layers
+    beside it need rates orders of magnitude apart."""
+    encoder = getattr(model, "encoder", None)
+    encoder_ids = {id(p) for p in encoder.parameters()} if encoder is not None else set()
+    parts = [([p for p in model.parameters() if p.requires_grad and id(p) in encoder_ids], encoder_lr),
+             ([p for p in model.parameters() if p.requires_grad and id(p) not in encoder_ids], other_lr)]
+    return [{"params": params, **({"lr": lr} if lr else {})} for params, lr in parts if params]
+
+
+class StageCache:
+    def __init__(self, root):
+        self.root = root
+
+    def path(self, stage, key):
+        return os.path.join(self.root, f"{stage}-{key}")
+
+    @staticmethod
+    def is_complete(path):
+        return os.path.isfile(os.path.join(path, MARKER))
+
+    @staticmethod
+    def info(path):
+        return read_json(os.path.join(path, MARKER))
+
+    @contextlib.contextmanager
+    def writing(self, path, info, start):
+        """Yield a temporary folder; on success it becomes ``path`` with ``info`` in stage.json,
+        plus ``time_s`` (what making the artifact cost since ``start``, so a run that reuses it
+        still reports its cost end to end) and a fresh ``run_id`` (what downstream keys hash)."""
+        os.makedirs(self.root, exist_ok=True)
+        for name in os.listdir(self.root):  # leftovers of killed runs of this stage
+            if name.startswith(os.path.basename(path) + ".tmp-"):
+                shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        os.makedirs(tmp)
+        try:
+            yield tmp
+            info = {**info, "time_s": round(time.time() - start, 2), "run_id": uuid.uuid4().hex}
+            atomic_write_json(os.path.join(tmp, MARKER), info)
+            if os.path.isdir(path):  # an incomplete folder (no marker) from an older version
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+class StagedTrainer(Trainer):
+    """RecBole's ``Trainer`` for a model that builds on stage artifacts (CELA's, FLIP's): the
+    subclass's ``fit`` calls :meth:`stage` for each, then trains the model as RecBole does."""
+
+    artifact_dir_key = None  # config key of the artifact root, e.g. "cela_dir"
+    artifact_folder = None  # its default: <checkpoint_dir>/<artifact_folder>/<dataset>
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        root = config[self.artifact_dir_key] or os.path.join(config["checkpoint_dir"], self.artifact_folder, config["dataset"])
+        self.cache = StageCache(root)
+        self.stage_report = {}
+        self.checkpoint_record = {}
+        self.data_id = data_fingerprint(config["data_path"], config["dataset"])
+
+    def stage(self, name, settings, build, upstream=None):
+        """The artifact of stage ``name`` made from ``settings`` on top of ``upstream`` (the run
+        ids it builds on; the data's fingerprint is always part of it); built when missing.
+
+        ``build()`` runs in every process and returns ``(report, save)``: rank 0 calls
+        ``save(folder)`` inside the cache's temporary folder. Returns ``(path, run_id)``."""
+        upstream = {"data": self.data_id, **(upstream or {})}
+        key = fingerprint({"settings": settings, "upstream": upstream})
+        path = self.cache.path(name, key)
+        start = time.time()
+        cached = broadcast_object(self.cache.is_complete(path))
+        if not cached:
+            report, save = build(path)
+            if is_main():
+                info = {"stage": name, "key": key, "world_size": world_size(), "settings": plain(settings),
+                        "upstream": upstream, "report": plain(report or {})}
+                with self.cache.writing(path, info, start) as tmp:
+                    save(tmp)
+            barrier()  # rank 0 has written the artifact
+        info = self.cache.info(path)
+        entry = {"time_s": round(time.time() - start, 2), "cached": cached, "artifact": path, **info.get("report", {})}
+        if cached:  # what making the artifact cost
+            entry["original_time_s"] = info.get("time_s")
+        self.report(name, entry)
+        return path, info["run_id"]
+
+    def report(self, name, entry):
+        self.stage_report[name] = entry
+        state = "reused" if entry.get("cached") else "done"
+        self.logger.info(set_color(f"{self.config['model']} stage [{name}] {state}", "green") + f": {plain(entry)}")
+
+    def scratch_file(self, path):
+        """A checkpoint file beside ``path`` that every process agrees on (rank 0 names it). Its
+        folder starts with ``<stage>-<key>.tmp-``, so a killed run's one is cleared next time."""
+        folder = broadcast_object(f"{path}.tmp-train-{uuid.uuid4().hex[:8]}")
+        if is_main():
+            os.makedirs(folder, exist_ok=True)
+        barrier()
+        return os.path.join(folder, "checkpoint.pth")
+
+    def drop_scratch(self, checkpoint):
+        barrier()  # every process has read it
+        if is_main():
+            shutil.rmtree(os.path.dirname(checkpoint), ignore_errors=True)
+
+    def fit_id_model(self, model, config, train_data, valid_data, path):
+        """Train ``model`` with RecBole's (distributed) ``Trainer`` under ``config``, keep its best
+        epoch; returns ``(report, save)`` for :meth:`stage`: ``model.pth`` holds the state dict and
+        the best valid result."""
+        trainer = Trainer(config, model)
+        trainer.saved_model_file = self.scratch_file(path)
+        _, result = trainer.fit(train_data, valid_data, saved=True, show_progress=self.config["show_progress"])
+        barrier()  # rank 0 has written the best epoch
+        state = torch.load(trainer.saved_model_file, map_location="cpu")["state_dict"]
+        self.drop_scratch(trainer.saved_model_file)
+        model.load_state_dict(state)
+        report = {"valid": plain(dict(result or {})), "epochs": len(trainer.train_loss_dict)}
+        return report, lambda folder: atomic_torch_save({"state_dict": state, "valid": report["valid"]},
+                                                        os.path.join(folder, "model.pth"))
+
+    def fit_text_stage(self, trainer, train_loader, valid_loader):
+        """Fit a text stage's ``trainer`` (every process) and load its best epoch back; the
+        stage's report: diagnostics before and after, epochs, training throughput."""
+        before = trainer.diagnostics(valid_loader)
+        start = time.time()
+        trainer.fit(train_loader, valid_loader, saved=True, show_progress=self.config["show_progress"])
+        fit_time = time.time() - start
+        barrier()  # rank 0 has written the best epoch
+        trainer.load_best()
+        after = trainer.diagnostics(valid_loader)
+        self.drop_scratch(trainer.saved_model_file)
+        epochs = len(trainer.train_loss_dict)
+        return {"diagnostics_before": before, "diagnostics_after": after, "epochs": epochs,
+                "items_per_s": train_loader.n_samples * epochs / max(fit_time, 1e-9)}
