@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from recbole.config import Config as RecBoleConfig
 
+from recbole_cela.utils import PluginConfigError
+
 
 def is_distributed():
     return dist.is_available() and dist.is_initialized()
@@ -91,7 +93,7 @@ class Config(RecBoleConfig):
         os.environ["CUDA_VISIBLE_DEVICES"] = final["gpu_id"]
         cuda = use_cuda(final)
         if cuda and torch.cuda.device_count() < final["nproc"]:
-            raise ValueError(
+            raise PluginConfigError(
                 f"--nproc={final['nproc']} but only {torch.cuda.device_count()} GPU(s) are visible "
                 f"(gpu_id='{final['gpu_id']}'): list one GPU per process in gpu_id, or set use_gpu: False."
             )

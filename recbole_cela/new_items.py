@@ -42,7 +42,7 @@ from recbole.data.interaction import Interaction
 import recbole_cela
 from recbole_cela.checkpoints import load_checkpoint
 from recbole_cela.fileio import data_fingerprint, read_atomic_file
-from recbole_cela.utils import PluginConfigError
+from recbole_cela.utils import PluginConfigError, PluginError
 
 # Keys of a saved config that RecBole or the runner computes; everything else is passed back.
 _COMPUTED = {
@@ -52,7 +52,7 @@ _COMPUTED = {
 }
 
 
-class NewItemError(ValueError):
+class NewItemError(PluginError):
     """Input the new-items path cannot use, with what to do instead. Nothing was written."""
 
 
@@ -313,7 +313,7 @@ def main(argv=None):
                 lines.append(f"{item}\t{p:.6f}")
         if not lines:
             raise NewItemError("Nothing to do: give --pairs and/or --history.")
-    except (NewItemError, ValueError) as error:
+    except PluginError as error:  # known and fixable: its message alone; anything else keeps its traceback
         sys.exit(f"error: {error}")
     text = "\n".join(lines) + "\n"
     if args.output:

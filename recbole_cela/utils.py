@@ -1,4 +1,4 @@
-"""Small pieces every layer of the plugin uses: its error type, config-file lookup, seeding,
+"""Small pieces every layer of the plugin uses: its error types, config-file lookup, seeding,
 ``--key=value`` parsing. Nothing here imports the plugin's models or trainers."""
 
 import functools
@@ -7,7 +7,13 @@ import json
 import os
 
 
-class PluginConfigError(ValueError):
+class PluginError(ValueError):
+    """A known problem the user can fix (a setting, an input file, an encoder folder), whose message
+    says what was wrong and what to do: the plugin's commands print it as one ``error:`` block and
+    exit with status 1, without a traceback. Every other exception keeps its traceback."""
+
+
+class PluginConfigError(PluginError):
     """A model, dataset or config key the plugin cannot use, with what to do instead."""
 
 

@@ -91,6 +91,7 @@ from numpy.dtypes import StringDType
 from tqdm import tqdm
 
 from recbole_cela.fileio import atomic_write, file_digest
+from recbole_cela.utils import PluginError
 
 #: Version of the output layout and protocol; a change re-converts every dataset.
 FORMAT_VERSION = 1
@@ -107,7 +108,7 @@ _ASIN_PATTERN = re.compile(r"""['"]asin['"]\s*:\s*['"]([^'"\\]*)['"]""")
 _PRICE_PATTERN = re.compile(r"^\$?\s*(\d[\d,]*(?:\.\d+)?)$")
 
 
-class DataPreparationError(ValueError):
+class DataPreparationError(PluginError):
     """The raw data cannot be converted: says what was wrong and what to do about it."""
 
 

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from recbole_cela.text.encoder import encode
+from recbole_cela.utils import PluginConfigError
 
 
 def projection_head(in_dim, out_dim):
@@ -34,7 +35,7 @@ def clicker_vectors(item_table, dataset, chunk=65536):
     ``item_table`` over the sample's history (zeros for items without such a sample)."""
     history_field = dataset.iid_field + dataset.config["LIST_SUFFIX"]
     if history_field not in dataset.inter_feat:
-        raise ValueError(
+        raise PluginConfigError(
             f"align_target 'item_clickers' needs the history field '{history_field}' in the "
             "interactions (load it in load_col['inter']); use align_target: item otherwise."
         )
@@ -62,7 +63,7 @@ def alignment_target(kind, item_table, dataset):
     if kind == "item_clickers":
         parts = [item_table.float().cpu(), clicker_vectors(item_table, dataset)]
         return torch.cat([p / p[1:].std().clamp(min=1e-8) for p in parts], dim=1)  # row 0: padding
-    raise ValueError(f"align_target must be 'item' or 'item_clickers', not {kind!r}")
+    raise PluginConfigError(f"align_target must be 'item' or 'item_clickers', not {kind!r}")
 
 
 class ItemAlignment(nn.Module):

@@ -28,6 +28,7 @@ from transformers import DataCollatorForLanguageModeling
 
 from recbole_cela.model.alignment import projection_head
 from recbole_cela.text.encoder import base_model, mlm_head, pool
+from recbole_cela.utils import PluginConfigError
 
 
 class FLIPPretraining(nn.Module):
@@ -38,7 +39,7 @@ class FLIPPretraining(nn.Module):
         self.encoder = encoder  # an AutoModelForMaskedLM
         self.use_mlm, self.use_mtm, self.use_icl = settings["flip_mlm"], settings["flip_mtm"], settings["flip_icl"]
         if not (self.use_mlm or self.use_mtm or self.use_icl):
-            raise ValueError("FLIP pretraining needs at least one of flip_mlm, flip_mtm, flip_icl (or set flip_pretrain: False).")
+            raise PluginConfigError("FLIP pretraining needs at least one of flip_mlm, flip_mtm, flip_icl (or set flip_pretrain: False).")
         self.pooling = settings["text_pooling"]
         hidden, tab = encoder.config.hidden_size, tabular.dim
         self.collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=settings["flip_mlm_probability"])

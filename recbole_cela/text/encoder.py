@@ -8,10 +8,12 @@ import os
 
 import torch
 
+from recbole_cela.utils import PluginError
+
 POOLING_MODES = ("cls", "mean")
 
 
-class TextEncoderError(ValueError):
+class TextEncoderError(PluginError):
     """A text encoder folder or setting that cannot be used, with what to do instead."""
 
 

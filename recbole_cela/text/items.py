@@ -13,9 +13,10 @@ from recbole.data.interaction import Interaction
 
 from recbole_cela.fileio import read_atomic_file
 from recbole_cela.text.encoder import resolve_encoder_path
+from recbole_cela.utils import PluginError
 
 
-class ItemTextError(ValueError):
+class ItemTextError(PluginError):
     """Item text settings that do not match the dataset, with what to do instead."""
 
 

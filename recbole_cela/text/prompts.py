@@ -22,9 +22,10 @@ from recbole.utils import FeatureType
 
 from recbole_cela.text.encoder import resolve_encoder_path
 from recbole_cela.text.items import assemble, item_texts
+from recbole_cela.utils import PluginError
 
 
-class PromptError(ValueError):
+class PromptError(PluginError):
     """Prompt settings that do not match the dataset, with what to do instead."""
 
 
