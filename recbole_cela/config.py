@@ -12,26 +12,37 @@ A plugin model built on an ID backbone (``backbone_key``: CELA's ``backbone``, F
 ``flip_backbone``) reads the *backbone's* RecBole defaults in step 1 and ``props/<BACKBONE>.yaml``
 before ``props/<M>.yaml`` in step 2, so every key it does not own itself (the keys of
 ``props/<M>.yaml``) resolves exactly as in a run of the backbone alone.
+
+Every setting is checked while the config is built, before any data is read or any process group
+starts: the backbone against the ID models the plugin model builds on, every other key against the
+declaration in its props comment (:mod:`recbole_cela.settings`).
 """
 
 import os
 
 from recbole_cela.distributed import Config as DistributedConfig
+from recbole_cela.settings import check_choice, check_settings
 from recbole_cela.utils import PluginConfigError, dataset_config_file, known_datasets, props_file
 
 
 class Config(DistributedConfig):
     """RecBole's ``Config`` (with the plugin's device choice); a plugin model over a backbone
-    takes RecBole's internal defaults of that backbone, model type included."""
+    takes RecBole's internal defaults of that backbone, model type included. Settings are checked
+    as soon as RecBole's defaults are known, before ``Config`` starts a process group."""
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         key = getattr(model_class, "backbone_key", None)
+        backbone = None
         if key:
-            model = self.external_config_dict.get(key)
-            if not model:
+            backbone = self.external_config_dict.get(key)
+            if not backbone:
                 raise PluginConfigError(f"{model_class.__name__} needs '{key}': the ID model it builds on.")
-            model_class = model_class.backbone_class(model)
+            check_choice(key, backbone, model_class.backbone_choices(),
+                         f"one of the ID models {model_class.__name__} builds on")
+            model, model_class = backbone, model_class.backbone_class(backbone)
         super()._load_internal_config_dict(model, model_class, dataset)
+        check_settings(self.external_config_dict, config_files(self.model, dataset, backbone=backbone),
+                       self.internal_config_dict)
 
 
 def config_files(model_name, dataset, config_file_list=None, backbone=None):

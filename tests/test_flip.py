@@ -11,6 +11,7 @@ from recbole_cela.text.encoder import load_encoder, load_tokenizer
 from recbole_cela.data.loaders import SampledLoader
 from recbole_cela.text.prompts import InteractionPrompts, PromptBuilder, PromptError, build_prompts
 from recbole_cela.trainer import FLIPPretrainTrainer, FLIPTrainer
+from recbole_cela.utils import PluginConfigError
 from helpers import build_run, stages_run
 
 FAST = {"flip_pretrain_samples": 300, "flip_pretrain_batch_size": 32, "flip_pretrain_epochs": 1,
@@ -272,9 +273,10 @@ def test_stage_caching_and_invalidation(run_config, tiny_encoder):
 
 
 def test_bad_settings(run_config, tiny_encoder):
-    with pytest.raises(ValueError, match="flip_backbone 'DIN' is not supported"):
+    # Refused while the config is built, naming the key, the value and the allowed values.
+    with pytest.raises(PluginConfigError, match="flip_backbone = 'DIN': expected one of .*: DCNV2, DeepFM, AutoInt"):
         setup(run_config, tiny_encoder, flip_backbone="DIN")
-    with pytest.raises(ValueError, match="flip_finetune must be one of"):
+    with pytest.raises(PluginConfigError, match=r"flip_finetune = 'both': expected \(str: joint \| id \| text\)"):
         setup(run_config, tiny_encoder, flip_finetune="both")
     config, model, train, valid, _ = setup(run_config, tiny_encoder, flip_id_warmup=False)
     with pytest.raises(ValueError, match="enable flip_id_warmup"):

@@ -24,6 +24,11 @@ def recbole_ctr_models():
     return sorted(names) + RECBOLE_CTR_SEQUENTIAL
 
 
+def backbone_names():
+    """Names of every ID model a plugin model may build on: the plugin's, then RecBole's CTR models."""
+    return sorted(PLUGIN_BACKBONES) + recbole_ctr_models()
+
+
 def get_backbone(name, known=()):
     """The class of ID model ``name``; ``known``: further names listed in the error message."""
     if name in PLUGIN_BACKBONES:

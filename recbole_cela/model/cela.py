@@ -13,8 +13,8 @@ encoder never runs (the table is a buffer of this model, saved in its checkpoint
 from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import InputType, ModelType
 
-from recbole_cela.model.backbones import get_backbone
-from recbole_cela.model.fusion import fused_backbone
+from recbole_cela.model.backbones import backbone_names, get_backbone
+from recbole_cela.model.fusion import fusable, fused_backbone
 from recbole_cela.text.encoder import encoder_width
 
 
@@ -25,6 +25,11 @@ class CELA(AbstractRecommender):
     input_type = InputType.POINTWISE
     backbone_key = "backbone"
     backbone_class = staticmethod(get_backbone)
+
+    @staticmethod
+    def backbone_choices():
+        """The ID models CELA fuses text into (``backbone``), checked before any work."""
+        return sorted((name for name in backbone_names() if fusable(get_backbone(name))), key=str.lower)
 
     def __init__(self, config, dataset):
         super().__init__()

@@ -74,6 +74,7 @@ class FLIP(AbstractRecommender):
     input_type = InputType.POINTWISE
     backbone_key = "flip_backbone"
     backbone_class = staticmethod(check_backbone)
+    backbone_choices = staticmethod(lambda: list(BACKBONE_HEADS))  # flip_backbone, checked before any work
     # The runner refuses --nproc / --world_size with this message, before any work.
     not_distributed = (
         "FLIP runs in one process: its pretraining and text fine-tuning read sampled interactions "
@@ -85,7 +86,7 @@ class FLIP(AbstractRecommender):
         name = config["flip_backbone"]
         self.strategy = config["flip_finetune"]
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"flip_finetune must be one of {STRATEGIES}, not '{self.strategy}'.")
+            raise PluginConfigError(f"flip_finetune must be one of {STRATEGIES}, not '{self.strategy}'.")
         self.LABEL = config["LABEL_FIELD"]
         self.tabular = TabularView(check_backbone(name)(config, dataset), name)
         self.text_batch_size = config["flip_text_batch_size"]

@@ -31,6 +31,7 @@ from recbole.model.sequential_recommender.din import DIN
 from recbole.utils import FeatureSource
 
 from recbole_cela.model.alignment import projection_head
+from recbole_cela.utils import PluginConfigError
 
 
 UNIQUE_BUCKET = 1024  # training: distinct items of a batch are projected in blocks of this many rows
@@ -197,6 +198,12 @@ class DINTextFusion(DIN):
         self.apply(self._init_weights)
 
 
+def fusable(backbone_class):
+    """Whether CELA can fuse text into ``backbone_class``: DIN (and its subclasses) and RecBole's
+    context-aware models."""
+    return issubclass(backbone_class, (DIN, ContextRecommender))
+
+
 def fused_backbone(backbone_class, text_dim):
     """The text-fused version of a RecBole backbone class, for text vectors ``text_dim`` wide."""
     name, attrs = f"Text{backbone_class.__name__}", {"text_dim": text_dim}
@@ -205,7 +212,7 @@ def fused_backbone(backbone_class, text_dim):
         return type(name, bases, attrs)
     if issubclass(backbone_class, ContextRecommender):
         return type(name, (_AddedItemView, backbone_class, ContextTextFusion), attrs)
-    raise ValueError(
+    raise PluginConfigError(
         f"backbone '{backbone_class.__name__}' is not supported by CELA: use DIN, DINUser or a RecBole "
         "context-aware model (DeepFM, DCNV2, AutoInt, WideDeep, xDeepFM, FM, ...)."
     )
