@@ -147,7 +147,15 @@ def test_clicker_vectors_average_the_histories_of_positive_samples(run_config, t
         alignment_target("clickers", table, dataset)
 
 
+def scores(model, test):
+    model.eval()
+    return model.predict(next(iter(test))[0]).detach()
+
+
 def test_end_to_end_caching_and_invalidation(run_config, tiny_encoder, monkeypatch):
+    """Every stage runs once; a re-run reuses them all and trains stage 3 exactly as the run that
+    computed them (same losses, same predictions: each stage seeds itself); a changed key re-runs
+    exactly the stages it affects; an artifact of a killed stage is never trusted."""
     config, model, train, valid, test = setup(run_config, tiny_encoder)
     calls = []
     original = encode_items
@@ -171,12 +179,15 @@ def test_end_to_end_caching_and_invalidation(run_config, tiny_encoder, monkeypat
     result = trainer.evaluate(test, load_best_model=True)
     assert 0 <= result["auc"] <= 1
 
-    # Second run: every stage before fusion is reused.
+    # Second run (a resumed one): every stage before fusion is reused, and fusion trains exactly
+    # as in the run that computed them.
     config2, model2, *_ = setup(run_config, tiny_encoder)
     trainer2 = CELATrainer(config2, model2)
     trainer2.fit(train, valid, saved=False)
     assert stages_run(trainer2) == {"fusion"}
     assert len(calls) == 1
+    assert trainer2.train_loss_dict == trainer.train_loss_dict and len(trainer.train_loss_dict) == config["epochs"]
+    assert torch.equal(scores(model2, test), scores(model, test))
 
     # A changed alignment key re-runs exactly alignment and the table.
     config3, model3, *_ = setup(run_config, tiny_encoder, align_temperature=0.5)

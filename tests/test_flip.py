@@ -252,12 +252,16 @@ def test_stage_caching_and_invalidation(run_config, tiny_encoder):
     assert stages["pretrain"]["time_s"] > 0 and "diagnostics_after" in stages["pretrain"]
     assert 0 <= result["test_result"]["auc"] <= 1
 
-    # Second run: pretraining and the ID warm-up are reused.
+    # Second run (a resumed one): pretraining and the ID warm-up are reused, and fine-tuning
+    # ends in exactly the weights of the run that computed them (its one epoch is its checkpoint).
     config, model, train, valid, _ = setup(run_config, tiny_encoder)
     trainer = FLIPTrainer(config, model)
     trainer.fit(train, valid, saved=False)
     assert stages_run(trainer) == {"finetune"}
     assert trainer.stage_report["pretrain"]["artifact"] == stages["pretrain"]["artifact"]
+    computed = torch.load(result["checkpoint"], weights_only=True)["state_dict"]
+    assert computed.keys() == model.state_dict().keys()
+    assert all(torch.equal(computed[k], v) for k, v in model.state_dict().items())
 
     # A changed pretraining key re-runs pretraining and everything built on it.
     config, model, train, valid, _ = setup(run_config, tiny_encoder, flip_icl_temperature=0.5)

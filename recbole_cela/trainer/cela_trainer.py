@@ -38,7 +38,7 @@ from recbole_cela.text.items import TokenizedItems, encode_items, item_text_sett
 from recbole_cela.trainer.alignment_trainer import AlignmentTrainer
 from recbole_cela.trainer.dap_trainer import DAPTrainer
 from recbole_cela.trainer.stage import StagedTrainer, backbone_config, backbone_settings, param_groups
-from recbole_cela.utils import init_seed, props_keys
+from recbole_cela.utils import props_keys
 
 
 def split_items(n_items, valid_ratio, seed):
@@ -102,12 +102,21 @@ class CELATrainer(StagedTrainer):
         ``--model=<BACKBONE>`` (or the trained run given as ``backbone_checkpoint``)."""
         name = self.config["backbone"]
         config = backbone_config(self.config, name)
-        init_seed(self.config["seed"] + self.config["local_rank"], self.config["reproducibility"])  # as the runner does
-        backbone = get_backbone(name)(config, train_data.dataset).to(self.device)
+
+        def make():
+            return get_backbone(name)(config, train_data.dataset).to(self.device)
+
         if self.config["backbone_checkpoint"]:
+            backbone = make()
             return backbone, self._given_backbone(backbone, name, train_data.dataset)
-        path, run_id = self.stage("backbone", backbone_settings(self.config.final_config_dict, name),
-                                  lambda path: self.fit_id_model(backbone, config, train_data, valid_data, path))
+
+        def build(path):
+            # Built after the stage's seeding, as the runner builds a model: the backbone trains
+            # exactly as a run of --model=<BACKBONE> with the same seed does.
+            return self.fit_id_model(make(), config, train_data, valid_data, path)
+
+        path, run_id = self.stage("backbone", backbone_settings(self.config.final_config_dict, name), build)
+        backbone = make()
         backbone.load_state_dict(torch.load(os.path.join(path, "model.pth"), map_location=self.device)["state_dict"])
         return backbone, run_id
 
@@ -168,16 +177,20 @@ class CELATrainer(StagedTrainer):
 
     # ----------------------------------------------------------------------------- stage 3
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        self.stage_loaders = (train_data, valid_data)
         if self.config["use_text"]:
             table, encoder_path = self.prepare_text(train_data, valid_data)
+        # Whether stages ran or came from the cache changes how much randomness was drawn (and
+        # how far their training advanced the train loader's shuffling): re-seed after the last
+        # stage, so that what is built on them (e.g. an encoder's freshly initialised pooler)
+        # and stage 3, hence the predictions, depend on the seed alone.
+        self.seed_stage()
+        if self.config["use_text"]:
             self.model.set_text_table(table)
             # In the checkpoint: what new items are encoded with (recbole_cela.new_items).
             self.checkpoint_record["encoder"] = encoder_path
             if self.config["finetune_encoder"]:
                 self._attach_encoder(encoder_path)
-        # Whether stages ran or came from the cache changes how much randomness was drawn:
-        # re-seed so that stage 3 (and so the predictions) depends on the seed alone.
-        init_seed(self.config["seed"] + self.config["local_rank"], self.config["reproducibility"])
         start = time.time()
         result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
         self.stage_report["fusion"] = {"time_s": round(time.time() - start, 2), "cached": False}

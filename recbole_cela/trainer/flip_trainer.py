@@ -30,7 +30,7 @@ from recbole_cela.text.encoder import freeze_below, load_encoder, load_tokenizer
 from recbole_cela.text.prompts import build_prompts, prompt_settings
 from recbole_cela.trainer.stage import StagedTrainer, backbone_config, backbone_settings, param_groups
 from recbole_cela.trainer.text_stage import TextStageTrainer
-from recbole_cela.utils import PluginConfigError, init_seed
+from recbole_cela.utils import PluginConfigError
 
 
 class FLIPPretrainTrainer(TextStageTrainer):
@@ -127,7 +127,6 @@ class FLIPTrainer(StagedTrainer):
 
         def build(path):
             dataset = train_data.dataset
-            init_seed(own["seed"], self.config["reproducibility"])
             tabular = TabularView(check_backbone(name)(self.config, dataset), name)
             encoder = freeze_below(load_encoder(self.prompt_settings["encoder"], masked_lm=True), own["trainable_layers"])
             model = FLIPPretraining(own, tabular, encoder, self.tokenizer, dataset).to(self.device)
@@ -149,7 +148,6 @@ class FLIPTrainer(StagedTrainer):
         name = self.config["flip_backbone"]
 
         def build(path):
-            init_seed(self.config["seed"], self.config["reproducibility"])
             backbone = check_backbone(name)(self.config, train_data.dataset).to(self.device)
             if backbone_state is not None:
                 backbone.load_state_dict(backbone_state)
@@ -160,22 +158,27 @@ class FLIPTrainer(StagedTrainer):
 
     # ----------------------------------------------------------------------------- fine-tuning
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        self.stage_loaders = (train_data, valid_data)
         strategy = self.config["flip_finetune"]
         pretrain = self.config["flip_pretrain"]
         if strategy == "joint" and self.config["flip_freeze_backbone"] and not self.config["flip_id_warmup"]:
-            raise ValueError("flip_freeze_backbone would freeze a backbone never trained on the CTR data: "
-                             "enable flip_id_warmup or set flip_freeze_backbone: False.")
+            raise PluginConfigError("flip_freeze_backbone would freeze a backbone never trained on the CTR data: "
+                                    "enable flip_id_warmup or set flip_freeze_backbone: False.")
         needs_text = strategy != "id"
         if pretrain or needs_text:
             self._setup(train_data.dataset)
-        backbone_state, encoder, upstream_id = None, None, "raw"
+        backbone_state, path, upstream_id = None, None, "raw"
         if pretrain:
             path, upstream_id = self.stage_pretrain(train_data)
             backbone_state = torch.load(os.path.join(path, "backbone.pth"), map_location="cpu")
-            if needs_text:
-                encoder = load_encoder(path)
         if strategy == "joint" and self.config["flip_id_warmup"]:
             backbone_state = self.stage_id_warmup(train_data, valid_data, backbone_state, upstream_id)
+        # Whether stages ran or came from the cache changes how much randomness was drawn (and
+        # how far the ID warm-up advanced the train loader's shuffling): re-seed after the last
+        # stage, so that what is built on them (e.g. an encoder's freshly initialised pooler)
+        # and fine-tuning, hence the predictions, depend on the seed alone.
+        self.seed_stage()
+        encoder = load_encoder(path) if pretrain and needs_text else None
         if backbone_state is not None:
             self.model.load_pretrained(backbone_state, encoder)
         if needs_text:
@@ -186,9 +189,6 @@ class FLIPTrainer(StagedTrainer):
                                        self.config["flip_finetune_batch_size"], shuffle=True,
                                        seed=self.config["seed"], per_epoch=per_epoch)
         self.optimizer = self._build_optimizer()
-        # Whether stages ran or came from the cache changes how much randomness was drawn:
-        # re-seed so that fine-tuning (and so the predictions) depends on the seed alone.
-        init_seed(self.config["seed"] + self.config["local_rank"], self.config["reproducibility"])
         start = time.time()
         result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
         n_rows = len(train_data.pool) if isinstance(train_data, SampledLoader) else len(train_data.dataset)

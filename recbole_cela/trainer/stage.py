@@ -10,6 +10,10 @@ every stage after it. A stage writes into a temporary sibling folder, puts ``sta
 last and renames it into place: a killed stage leaves only a ``.tmp-*`` folder, which is never
 trusted and is cleared by the next run of that stage.
 
+Randomness: a stage that builds seeds itself first (:meth:`StagedTrainer.seed_stage`), as does the
+final training, so what each one draws depends on the seed, not on which stages ran before it in
+this process: a run that reuses cached stages trains exactly as the run that computed them.
+
 Distributed runs: every process takes part in building a stage (training runs under DDP); whether
 an artifact exists is rank 0's answer, broadcast; rank 0 alone writes; the others wait on a barrier
 and read what it wrote.
@@ -29,7 +33,7 @@ from recbole.utils import set_color
 from recbole_cela.compat import plain
 from recbole_cela.distributed import barrier, broadcast_object, is_main, world_size
 from recbole_cela.fileio import atomic_torch_save, atomic_write_json, data_fingerprint, fingerprint, read_json
-from recbole_cela.utils import props_keys
+from recbole_cela.utils import init_seed, props_keys
 
 MARKER = "stage.json"
 
@@ -132,20 +136,35 @@ class StagedTrainer(Trainer):
         self.cache = StageCache(root)
         self.stage_report = {}
         self.checkpoint_record = {}
+        self.stage_loaders = ()  # the RecBole loaders a stage may draw from: set by ``fit``
         self.data_id = data_fingerprint(config["data_path"], config["dataset"])
+
+    def seed_stage(self):
+        """Seed everything a stage draws from as a fresh run seeds it: the global generators with
+        ``seed`` + rank (as the runner does before it builds a model) and the shuffling generator of
+        RecBole's loaders with ``seed`` (as ``data_preparation`` does). A stage's shuffling,
+        dropout and initialisation then depend on the seed alone, not on how much randomness the
+        stages before it drew in this process (none when they came from the cache)."""
+        init_seed(self.config["seed"] + self.config["local_rank"], self.config["reproducibility"])
+        for loader in self.stage_loaders:
+            generator = getattr(loader, "generator", None)
+            if isinstance(generator, torch.Generator):
+                generator.manual_seed(self.config["seed"])
 
     def stage(self, name, settings, build, upstream=None):
         """The artifact of stage ``name`` made from ``settings`` on top of ``upstream`` (the run
         ids it builds on; the data's fingerprint is always part of it); built when missing.
 
-        ``build()`` runs in every process and returns ``(report, save)``: rank 0 calls
-        ``save(folder)`` inside the cache's temporary folder. Returns ``(path, run_id)``."""
+        ``build()`` runs in every process, seeded (:meth:`seed_stage`), and returns ``(report,
+        save)``: rank 0 calls ``save(folder)`` inside the cache's temporary folder. Returns
+        ``(path, run_id)``."""
         upstream = {"data": self.data_id, **(upstream or {})}
         key = fingerprint({"settings": settings, "upstream": upstream})
         path = self.cache.path(name, key)
         start = time.time()
         cached = broadcast_object(self.cache.is_complete(path))
         if not cached:
+            self.seed_stage()
             report, save = build(path)
             if is_main():
                 info = {"stage": name, "key": key, "world_size": world_size(), "settings": plain(settings),
