@@ -7,22 +7,30 @@ settings are what the stage reads, gathered in one place (a trainer's ``settings
 :func:`backbone_settings`), so the key follows from the settings by construction: a changed
 setting gives a new key for its stage, and a re-made artifact a new run id, hence new keys, for
 every stage after it. A stage writes into a temporary sibling folder, puts ``stage.json`` in it
-last and renames it into place: a killed stage leaves only a ``.tmp-*`` folder, which is never
-trusted and is cleared by the next run of that stage.
+last and renames it into place: a killed stage leaves only a ``.tmp-*`` entry, which is never
+trusted.
+
+Runs at once (several processes, machines sharing the folder): an artifact is built under its
+key's lock (``<stage>-<key>.lock``, an ``flock`` the kernel releases when its holder exits or
+dies), so an artifact is built by one live process at a time and never replaced: a run that needs
+an artifact another process is building waits for it and reuses it. Only the holder of a key's
+lock writes that key's ``.tmp-*`` entries, so a run removes the entries of any key whose lock is
+free (left by a killed or failed run), never those a live process is writing.
 
 Randomness: a stage that builds seeds itself first (:meth:`StagedTrainer.seed_stage`), as does the
 final training, so what each one draws depends on the seed, not on which stages ran before it in
 this process: a run that reuses cached stages trains exactly as the run that computed them.
 
 Distributed runs: every process takes part in building a stage (training runs under DDP); whether
-an artifact exists is rank 0's answer, broadcast; rank 0 alone writes; the others wait on a barrier
-and read what it wrote.
+an artifact exists is rank 0's answer, broadcast; rank 0 alone locks and writes; the others wait
+on a barrier and read what it wrote.
 """
 
 import contextlib
 import copy
 import os
 import shutil
+import socket
 import time
 import uuid
 
@@ -35,7 +43,14 @@ from recbole_cela.distributed import barrier, broadcast_object, is_main, world_s
 from recbole_cela.fileio import atomic_torch_save, atomic_write_json, data_fingerprint, fingerprint, read_json
 from recbole_cela.utils import init_seed, props_keys
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no flock, so runs at once are not kept apart
+    fcntl = None
+
 MARKER = "stage.json"
+TEMPORARY = ".tmp-"
+WAIT_POLL_S = 1.0  # how often a run waiting for another process's artifact looks again
 
 # Resolved settings that change where things are read or written, what is logged, or which
 # device computes, but not what a stage computes; every other resolved key of a backbone run is
@@ -85,12 +100,96 @@ def param_groups(model, encoder_lr=None, other_lr=None):
     return [{"params": params, **({"lr": lr} if lr else {})} for params, lr in parts if params]
 
 
+def try_lock(path):
+    """An exclusive lock on ``path`` (a file created for it) as an open descriptor, or None while
+    another live process holds it. The holder removes the file when it lets go (:func:`unlock`);
+    a process that locked a file just removed by its former holder sees so and tries again."""
+    if fcntl is None:  # pragma: no cover
+        return -1
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+            return fd
+        os.close(fd)
+
+
+def unlock(path, fd):
+    """Let go of :func:`try_lock`'s lock: the file first, so nobody locks a file about to vanish."""
+    if fd == -1:  # pragma: no cover
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+    os.close(fd)
+
+
 class StageCache:
     def __init__(self, root):
         self.root = root
+        self.locks = {}  # artifact path -> descriptor of its key's lock, while this process builds it
 
     def path(self, stage, key):
         return os.path.join(self.root, f"{stage}-{key}")
+
+    @staticmethod
+    def lock_file(path):
+        return f"{path}.lock"
+
+    def claim(self, path):
+        """``"cached"`` when the artifact at ``path`` is complete; ``"build"`` when this process now
+        holds its key's lock (leftover temporary entries of that key removed: they belong to no
+        live process); else who holds the lock (building it now)."""
+        if self.is_complete(path):
+            return "cached"
+        os.makedirs(self.root, exist_ok=True)
+        fd = try_lock(self.lock_file(path))
+        if fd is None:
+            with contextlib.suppress(OSError):
+                with open(self.lock_file(path), encoding="utf-8") as f:
+                    return f.read() or "another process"
+            return "another process"
+        if self.is_complete(path):  # finished by the holder we have just followed
+            unlock(self.lock_file(path), fd)
+            return "cached"
+        self.locks[path] = fd
+        self.clear_temporary(path)
+        return "build"
+
+    def release(self, path):
+        """Remove what building ``path`` left behind (everything, after a failure) and unlock it."""
+        self.clear_temporary(path)
+        unlock(self.lock_file(path), self.locks.pop(path))
+
+    def clear_temporary(self, path):
+        """Remove the ``.tmp-*`` entries of ``path``'s key: call it holding that key's lock."""
+        prefix = os.path.basename(path) + TEMPORARY
+        for name in os.listdir(self.root):
+            if name.startswith(prefix):
+                shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+
+    def sweep(self):
+        """Remove the temporary entries (and lock files) of every key no live process holds: what
+        killed or failed runs left, under any key. A key another process holds is left alone."""
+        if not os.path.isdir(self.root):
+            return
+        keys = {name.split(TEMPORARY)[0] for name in os.listdir(self.root) if TEMPORARY in name}
+        keys |= {name[: -len(".lock")] for name in os.listdir(self.root) if name.endswith(".lock")}
+        for key in sorted(keys):
+            path = os.path.join(self.root, key)
+            fd = try_lock(self.lock_file(path))
+            if fd is not None:
+                self.clear_temporary(path)
+                unlock(self.lock_file(path), fd)
 
     @staticmethod
     def is_complete(path):
@@ -105,17 +204,13 @@ class StageCache:
         """Yield a temporary folder; on success it becomes ``path`` with ``info`` in stage.json,
         plus ``time_s`` (what making the artifact cost since ``start``, so a run that reuses it
         still reports its cost end to end) and a fresh ``run_id`` (what downstream keys hash)."""
-        os.makedirs(self.root, exist_ok=True)
-        for name in os.listdir(self.root):  # leftovers of killed runs of this stage
-            if name.startswith(os.path.basename(path) + ".tmp-"):
-                shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
+        tmp = f"{path}{TEMPORARY}{os.getpid()}"
         os.makedirs(tmp)
         try:
             yield tmp
             info = {**info, "time_s": round(time.time() - start, 2), "run_id": uuid.uuid4().hex}
             atomic_write_json(os.path.join(tmp, MARKER), info)
-            if os.path.isdir(path):  # an incomplete folder (no marker) from an older version
+            if os.path.isdir(path):  # an incomplete folder (no marker): a killed older version's
                 shutil.rmtree(path)
             os.replace(tmp, path)
         except BaseException:
@@ -138,6 +233,8 @@ class StagedTrainer(Trainer):
         self.checkpoint_record = {}
         self.stage_loaders = ()  # the RecBole loaders a stage may draw from: set by ``fit``
         self.data_id = data_fingerprint(config["data_path"], config["dataset"])
+        if is_main():
+            self.cache.sweep()
 
     def seed_stage(self):
         """Seed everything a stage draws from as a fresh run seeds it: the global generators with
@@ -153,7 +250,8 @@ class StagedTrainer(Trainer):
 
     def stage(self, name, settings, build, upstream=None):
         """The artifact of stage ``name`` made from ``settings`` on top of ``upstream`` (the run
-        ids it builds on; the data's fingerprint is always part of it); built when missing.
+        ids it builds on; the data's fingerprint is always part of it); built when missing, under
+        its key's lock, or waited for while another live process builds it.
 
         ``build()`` runs in every process, seeded (:meth:`seed_stage`), and returns ``(report,
         save)``: rank 0 calls ``save(folder)`` inside the cache's temporary folder. Returns
@@ -162,22 +260,42 @@ class StagedTrainer(Trainer):
         key = fingerprint({"settings": settings, "upstream": upstream})
         path = self.cache.path(name, key)
         start = time.time()
-        cached = broadcast_object(self.cache.is_complete(path))
+        cached, waited = self._claim(name, path)
         if not cached:
-            self.seed_stage()
-            report, save = build(path)
-            if is_main():
-                info = {"stage": name, "key": key, "world_size": world_size(), "settings": plain(settings),
-                        "upstream": upstream, "report": plain(report or {})}
-                with self.cache.writing(path, info, start) as tmp:
-                    save(tmp)
-            barrier()  # rank 0 has written the artifact
+            try:
+                self.seed_stage()
+                report, save = build(path)
+                if is_main():
+                    info = {"stage": name, "key": key, "world_size": world_size(), "settings": plain(settings),
+                            "upstream": upstream, "report": plain(report or {})}
+                    with self.cache.writing(path, info, start) as tmp:
+                        save(tmp)
+                barrier()  # rank 0 has written the artifact
+            finally:
+                if is_main():
+                    self.cache.release(path)
         info = self.cache.info(path)
         entry = {"time_s": round(time.time() - start, 2), "cached": cached, "artifact": path, **info.get("report", {})}
         if cached:  # what making the artifact cost
             entry["original_time_s"] = info.get("time_s")
+        if waited is not None:  # built meanwhile by another process
+            entry["waited_s"] = round(waited, 2)
         self.report(name, entry)
         return path, info["run_id"]
+
+    def _claim(self, name, path):
+        """(whether the artifact exists, seconds waited for another process to build it or None),
+        agreed on by every process; when it does not exist, rank 0 now holds its key's lock."""
+        start, waiting = time.time(), False
+        while True:
+            state = broadcast_object(self.cache.claim(path) if is_main() else None)
+            if state in ("cached", "build"):
+                return state == "cached", (time.time() - start if waiting else None)
+            if not waiting:
+                self.logger.warning(f"{self.config['model']} stage [{name}] is being built by {state}: "
+                                    "waiting for it, to reuse it")
+                waiting = True
+            time.sleep(WAIT_POLL_S)
 
     def report(self, name, entry):
         self.stage_report[name] = entry
