@@ -8,20 +8,24 @@ rebuilds its flow from RecBole's own parts: ``Config`` -> ``create_dataset`` ->
   user's ``--config_files`` and ``--key=value`` overrides, which RecBole reads from ``sys.argv``);
 * converts the raw data into RecBole benchmark files once (``recbole_cela.data``);
 * writes a JSON result (metrics, wall times, throughput, peak memory, AUC per item-popularity
-  bucket, resolved config) to ``results_dir``.
+  bucket, resolved config, the checkpoint it belongs to) to ``results_dir``;
+* names each run's checkpoint and result file uniquely (:func:`run_id`);
+* checks every setting before any work (:mod:`recbole_cela.settings`) and reports a known error
+  (:class:`~recbole_cela.utils.PluginError`) as one ``error:`` block without a traceback.
 """
 
 import argparse
 import os
 import sys
 import time
+import uuid
 from logging import getLogger
 
 import psutil
 import torch
 import torch.distributed as dist
 from recbole.data import create_dataset, data_preparation
-from recbole.utils import get_environment, init_logger, set_color
+from recbole.utils import get_environment, get_local_time, init_logger, set_color
 
 import recbole_cela  # noqa: F401  (applies the compatibility fixes)
 from recbole_cela.checkpoints import run_record
@@ -33,7 +37,7 @@ from recbole_cela.evaluation import RecordedPredictions, auc_by_popularity, item
 from recbole_cela.fileio import atomic_write_json
 from recbole_cela.model import get_model
 from recbole_cela.trainer import get_trainer
-from recbole_cela.utils import PluginConfigError, init_seed
+from recbole_cela.utils import PluginConfigError, PluginError, init_seed
 
 __all__ = ["build_config", "main", "run", "run_recbole_cela"]
 
@@ -45,10 +49,17 @@ def _peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def write_result(result, config):
+def run_id():
+    """``<local time>-<8 hex digits>``: the second RecBole names a checkpoint by, plus a random
+    part, so that runs started in the same second, in one or several processes or on machines
+    sharing ``checkpoint_dir``, never share a checkpoint (``<MODEL>-<run id>.pth``) or a result
+    file (``<MODEL>-<DATASET>-<run id>.json``)."""
+    return f"{get_local_time()}-{uuid.uuid4().hex[:8]}"
+
+
+def write_result(result, config, run):
     folder = config["results_dir"] or "results"
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return atomic_write_json(os.path.join(folder, f"{config['model']}-{config['dataset']}-{stamp}.json"), result)
+    return atomic_write_json(os.path.join(folder, f"{config['model']}-{config['dataset']}-{run}.json"), result)
 
 
 def run_recbole_cela(
@@ -79,8 +90,10 @@ def run_recbole_cela(
     os.makedirs(config["checkpoint_dir"], exist_ok=True)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     trainer.checkpoint_record = {**getattr(trainer, "checkpoint_record", {}), **run_record(config, train_data.dataset)}
-    # RecBole names the checkpoint by each process's clock: every rank must load rank 0's file.
-    trainer.saved_model_file = broadcast_object(trainer.saved_model_file)
+    # RecBole names the checkpoint by the second a run starts in, so two runs started together
+    # would share one file; every rank loads rank 0's checkpoint, so rank 0 draws the name.
+    run = broadcast_object(run_id())
+    trainer.saved_model_file = os.path.join(config["checkpoint_dir"], f"{config['model']}-{run}.pth")
 
     start = time.time()
     best_valid_score, best_valid_result = trainer.fit(
@@ -143,7 +156,7 @@ def run_recbole_cela(
         "config": plain(config.final_config_dict),
     }
     if config["local_rank"] == 0:
-        path = write_result(result, config)
+        path = write_result(result, config, run)
         logger.info(set_color("result written to", "blue") + f": {path}")
     if not config["single_spec"]:
         dist.destroy_process_group()
@@ -171,7 +184,19 @@ def gather_by_index(shards, n):
 
 def _run_rank(rank, model, dataset, config_file_list, kwargs):
     kwargs["config_dict"]["local_rank"] = rank
-    run_recbole_cela(model, dataset, config_file_list, **kwargs)
+    try:
+        run_recbole_cela(model, dataset, config_file_list, **kwargs)
+    except PluginError as error:
+        # A known error ends this process without a traceback; run() raises it in the parent.
+        kwargs["queue"].put(error)
+        sys.exit(1)
+
+
+def _drain(queue):
+    items = []
+    while not queue.empty():
+        items.append(queue.get())
+    return items
 
 
 def run(
@@ -192,6 +217,7 @@ def run(
     not_distributed = getattr(get_model(model), "not_distributed", None)
     if not_distributed:  # refused before any process starts or any data is read
         raise PluginConfigError(not_distributed)
+    build_config(model, dataset, config_file_list, dict(config_dict or {}))  # every setting, before any process starts
     import torch.multiprocessing as mp
 
     queue = mp.get_context("spawn").SimpleQueue()
@@ -206,8 +232,15 @@ def run(
         }
     )
     kwargs = {"config_dict": config_dict, "queue": queue, "saved": saved}
-    mp.spawn(_run_rank, args=(model, dataset, config_file_list, kwargs), nprocs=nproc, join=True)
-    return None if queue.empty() else queue.get()
+    try:
+        mp.spawn(_run_rank, args=(model, dataset, config_file_list, kwargs), nprocs=nproc, join=True)
+    except mp.ProcessExitedException:
+        known = [item for item in _drain(queue) if isinstance(item, PluginError)]
+        if known:  # the first known error of any process, as a single process reports it
+            raise known[0] from None
+        raise
+    results = [item for item in _drain(queue) if isinstance(item, dict)]
+    return results[0] if results else None
 
 
 def parse_args(argv=None):
@@ -239,7 +272,7 @@ def main(argv=None):
             port=args.port,
             group_offset=args.group_offset,
         )
-    except PluginConfigError as error:
+    except PluginError as error:  # known and fixable: its message alone; anything else keeps its traceback
         sys.exit(f"error: {error}")
 
 

@@ -1,4 +1,5 @@
-"""Runs at once, in real processes: identical CELA runs share the stage cache without racing on it (an artifact is built by one process, waited
+"""Runs at once, in real processes: every run keeps its own checkpoint and result, and identical
+CELA runs share the stage cache without racing on it (an artifact is built by one process, waited
 for and reused by the other, never rebuilt over it); what killed or failed runs leave is removed,
 never what a live process is writing. Every wait is bounded."""
 
@@ -12,6 +13,7 @@ import time
 import pytest
 import torch
 
+from recbole_cela.quick_start import run_id
 from recbole_cela.trainer.stage import StageCache
 
 from conftest import REPO
@@ -49,12 +51,43 @@ def arguments(files, overrides, **more):
     return [f"--config_files={files[0]}"] + [f"--{k}={v}" for k, v in {**overrides, **more}.items()]
 
 
-def results(folder):
+def results(folder, named=False):
     out = []
     for name in sorted(os.listdir(folder)):
         with open(os.path.join(folder, name)) as f:
-            out.append(json.load(f))
+            out.append((name, json.load(f)) if named else json.load(f))
     return out
+
+
+def test_run_ids_differ_within_one_second():
+    ids = [run_id(), run_id()]
+    while ids[0].rsplit("-", 1)[0] != ids[1].rsplit("-", 1)[0]:  # drawn across a second boundary
+        ids = [run_id(), run_id()]
+    assert ids[0] != ids[1]
+
+
+def test_runs_started_together_keep_their_own_checkpoints(run_config, tmp_path):
+    """Two runs with different settings started at once, sharing checkpoint_dir and results_dir:
+    two checkpoints, two results, each result naming the checkpoint of its own settings, both
+    files named by the run's id (time and a random part: RecBole's time alone is shared by runs
+    started in the same second)."""
+    files, overrides = run_config(epochs=1)
+    args = ["--model=LR", "--dataset=ml-tiny"]
+    procs = [(launch(args + arguments(files, overrides, learning_rate=lr), tmp_path, tmp_path / f"lr{lr}.log"),
+              tmp_path / f"lr{lr}.log") for lr in (0.01, 0.5)]
+    for proc, log in procs:
+        finish(proc, log)
+    named = results(overrides["results_dir"], named=True)
+    assert len(named) == 2
+    for name, run in named:
+        assert os.path.basename(run["checkpoint"]) == "LR-" + name[len("LR-ml-tiny-"):-len(".json")] + ".pth"
+    runs = [run for _, run in named]
+    checkpoints = {run["checkpoint"] for run in runs}
+    assert len(checkpoints) == 2 and set(os.listdir(overrides["checkpoint_dir"])) == {os.path.basename(c) for c in checkpoints}
+    assert {run["config"]["learning_rate"] for run in runs} == {0.01, 0.5}
+    for run in runs:
+        saved = torch.load(run["checkpoint"], weights_only=True)
+        assert saved["config"]["learning_rate"] == run["config"]["learning_rate"]
 
 
 def test_identical_cela_runs_at_once_build_each_stage_once(run_config, tiny_encoder, tmp_path):
