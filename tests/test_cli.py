@@ -1,7 +1,10 @@
-"""The command line: every RecBole CTR model and the plugin's, one result file per run."""
+"""The command line: every RecBole CTR model and the plugin's, one result file per run; a known error
+as one error block, any other with its traceback."""
 
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 
@@ -62,3 +65,65 @@ def test_unknown_dataset_lists_known(tmp_path):
     )
     assert proc.returncode != 0
     assert "Unknown dataset 'nope'" in proc.stderr and "amazon-sports" in proc.stderr
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return str(s.getsockname()[1])
+
+
+def command(name):
+    """The console command ``name`` installed beside this interpreter, as a user runs it."""
+    path = os.path.join(os.path.dirname(sys.executable), name)
+    assert os.path.isfile(path), f"{name} is not installed in this environment (pip install -e .)"
+    return [path]
+
+
+RUNNER = [sys.executable, str(REPO / "run_recbole_cela.py")]
+
+
+@pytest.mark.parametrize("how, args, expected", [
+    pytest.param("runner", ["--model=DeepFM", "--source_path=MISSING"],
+                 "Input files for source_format 'recbole' not found", id="missing-source"),
+    pytest.param("runner", ["--model=DeepFM", "--source_path=MISSING", "--nproc=2", "--port=PORT"],
+                 "Input files for source_format 'recbole' not found", id="missing-source-two-processes"),
+    pytest.param("runner", ["--model=CELA", "--text_encoder=MISSING"],  # once the data is read
+                 "text_encoder '.*missing' is not a local Hugging Face model", id="wrong-encoder-folder"),
+    pytest.param("recbole-cela", ["--model=CELA", "--epochs=abc", "--text_pooling=max"],  # all named, in one block
+                 r"invalid settings:\n  epochs = 'abc': expected \(int >= 1\).*\n"
+                 r"  text_pooling = 'max': expected \(str: mean \| cls\)", id="bad-settings"),
+    pytest.param("recbole-cela", ["--model=CELA", "--backbone=NoSuchModel"],
+                 "invalid setting backbone = 'NoSuchModel': expected one of the ID models CELA builds on: .*DIN, DINUser",
+                 id="unknown-backbone"),
+    pytest.param("recbole-cela-new-items", ["--checkpoint=MISSING", "--items=MISSING", "--history=1"],
+                 "No checkpoint '.*missing'", id="new-items-missing-checkpoint"),
+])
+def test_known_errors_print_one_error_block(run_config, tmp_path, how, args, expected):
+    """A known, user-fixable error ends the command with status 1 and one 'error:' block (its
+    message), no traceback: from run_recbole_cela.py (one process or two) and both console commands."""
+    files, overrides = run_config()
+    args = [a.replace("MISSING", str(tmp_path / "missing")).replace("PORT", free_port()) for a in args]
+    if how == "recbole-cela-new-items":
+        cmd = command(how) + args
+    else:
+        cmd = (RUNNER if how == "runner" else command(how)) + ["--dataset=ml-tiny", f"--config_files={files[0]}"]
+        cmd += [f"--{k}={v}" for k, v in overrides.items() if f"--{k}=" not in " ".join(args)] + args
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output[-3000:]
+    assert "Traceback" not in output and proc.stderr.count("error: ") == 1, output[-3000:]
+    assert re.search(expected, proc.stderr[proc.stderr.index("error: "):]), output[-3000:]
+    if how == "recbole-cela":  # refused before any data was read or converted
+        assert not os.path.exists(overrides["data_path"])
+
+
+def test_unexpected_errors_keep_their_traceback(tmp_path):
+    """An error the plugin does not know (here RecBole reading a config file that is a YAML list)
+    keeps Python's traceback."""
+    config = tmp_path / "list.yaml"
+    config.write_text("- epochs\n- 3\n")
+    proc = subprocess.run(RUNNER + ["--model=DeepFM", "--dataset=ml-100k", f"--config_files={config}"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 1
+    assert "Traceback (most recent call last)" in proc.stderr and "error: " not in proc.stderr
