@@ -57,7 +57,9 @@ class Alternative:
             return False
         if self.item and not all(_TYPES[self.item](v) for v in value):
             return False
-        if self.choices is not None and not any(type(value) is type(c) and value == c for c in self.choices):
+        # a listed value of the same kind: 1 is not True, but a float choice may be written as an int
+        if self.choices is not None and not any(value == c and (type(value) is type(c) or self.type == "float")
+                                                for c in self.choices):
             return False
         return all(_COMPARE[op](value, number) for op, number in self.bounds)
 

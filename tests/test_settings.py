@@ -39,6 +39,7 @@ def test_every_shipped_key_declares_what_it_accepts(path):
     ("int: -1 or int >= 2", [-1, 2, 300], [0, 1, -2]),
     ("list of str or None", [[], ["title"], None], ["title", [1], ["a", None]]),
     ("list or str", [["AUC"], "AUC"], [None, 3]),
+    ("float: 0.5 | 1", [0.5, 1, 1.0], [True, 0.7, "1"]),
 ])
 def test_declarations(text, accepted, refused):
     declaration = parse_declaration(text)
