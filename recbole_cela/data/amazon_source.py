@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from recbole_cela.data.problems import DataPreparationError
+from recbole_cela.data.problems import NOT_UTF8, DataPreparationError
 from recbole_cela.data.source import (
     Source,
     clean_category,
@@ -28,6 +28,7 @@ from recbole_cela.data.source import (
     missing_files_error,
     unreadable_error,
 )
+from recbole_cela.fileio import undecodable
 
 AMAZON_2014_URL = "https://jmcauley.ucsd.edu/data/amazon/"
 AMAZON_2018_URL = "https://nijianmo.github.io/amazon/"
@@ -75,21 +76,28 @@ def amazon_inputs(source_format, folder):
 
 
 def _gzip_lines(path):
-    """(line number, line) of a json.gz file, with a progress bar."""
+    """(line number, line) of a json.gz file, with a progress bar.
+
+    Bytes that are not UTF-8 are decoded as lone surrogates (``surrogateescape``), so that the
+    readers skip and count such a line with its number, as ``read_lines`` does for plain files.
+    """
     try:
-        with gzip.open(path, "rt", encoding="utf-8") as f:
+        with gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape") as f:
             lines = tqdm(f, desc=f"reading {os.path.basename(path)}", unit=" lines", mininterval=1)
             yield from enumerate(lines, start=1)
-    except (OSError, EOFError, UnicodeDecodeError) as error:
+    except (OSError, EOFError) as error:
         raise unreadable_error(path, error) from None
 
 
 def _read_reviews(path, problems):
-    users, items, times, numbers, bad = [], [], [], [], []
+    users, items, times, numbers, bad, not_utf8 = [], [], [], [], [], []
     for number, line in _gzip_lines(path):
         if not line.strip():
             continue
         problems.total += 1
+        if undecodable(line):
+            not_utf8.append(number)
+            continue
         try:
             review = json.loads(line)
             user, item = review["reviewerID"], review["asin"]
@@ -104,14 +112,16 @@ def _read_reviews(path, problems):
         times.append(when)
         numbers.append(number)
     problems.add("malformed line", os.path.basename(path), bad)
+    problems.add(NOT_UTF8, os.path.basename(path), not_utf8)
     inter = pd.DataFrame({"user": users, "item": items, "time": times}, index=numbers)
     return inter
 
 
 def _read_meta(path, needed, release, problems):
-    """Meta records of the ``needed`` items; lines of other items are not parsed."""
+    """Meta records of the ``needed`` items; lines of other items are not parsed (nor counted,
+    even when they are not UTF-8)."""
     parse = ast.literal_eval if release == "2014" else json.loads
-    records, bad = [], []
+    records, bad, not_utf8 = [], [], []
     for number, line in _gzip_lines(path):
         if not line.strip():
             continue
@@ -119,6 +129,9 @@ def _read_meta(path, needed, release, problems):
         if asins and not needed.intersection(asins):
             continue
         problems.total += 1
+        if undecodable(line):
+            not_utf8.append(number)
+            continue
         try:
             record = parse(line)
             if not isinstance(record, dict) or not is_id(record.get("asin")):
@@ -129,6 +142,7 @@ def _read_meta(path, needed, release, problems):
         if record["asin"] in needed:
             records.append(record)
     problems.add("malformed line", os.path.basename(path), bad)
+    problems.add(NOT_UTF8, os.path.basename(path), not_utf8)
     return records
 
 

@@ -58,10 +58,13 @@ become two single quotes (RecBole's CSV reader would take a leading ``"`` for a 
 
 Bad input
 ---------
-Malformed entries are skipped and counted by kind: unparsable lines, lines with missing or
-invalid fields (ids must be non-empty and free of whitespace; a ``token`` feature one token, a
-``float`` one a number), duplicate item or user lines, a user line without items, a review of
-an item without meta. A warning reports each kind with its first offending ``file:line``; when
+Malformed entries are skipped and counted by kind: unparsable lines, lines that are not UTF-8
+text (not decoded with replacement characters, which could merge ids; see
+:func:`recbole_cela.data.source.read_lines`), lines with missing or invalid fields (ids must be
+non-empty and free of whitespace; a ``token`` feature one token, a ``float`` one a number),
+duplicate item or user lines, a user line without items, a review of an item without meta.
+Lines that cannot be skipped stop the conversion with their ``file:line`` when they are not
+UTF-8: the header of a RecBole atomic file, any line of a ``.user`` file (copied as it is). A warning reports each kind with its first offending ``file:line``; when
 they exceed ``max_bad_ratio`` of the entries read, :class:`DataPreparationError` carries that
 report instead and nothing is written. Entries that are kept with a default value are counted
 and reported too (``repaired_input_entries`` in the stamp), but are not errors: an item of a

@@ -56,7 +56,7 @@ def join_item_features(source, specs, problems):
         if name in source.items.columns:
             raise DataPreparationError(f"Item feature '{name}' is already a field of the source's items.")
         filename = os.path.basename(path)
-        lines = pd.Series(read_lines(path), dtype=object)
+        lines = pd.Series(read_lines(path, problems), dtype=object)
         lines.index = lines.index + 1
         lines = lines[lines.str.strip() != ""]
         problems.total += len(lines)

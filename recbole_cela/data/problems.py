@@ -12,6 +12,9 @@ import numpy as np
 
 N_EXAMPLES = 5  # offending line numbers reported per kind of problem
 
+#: The kind of a skipped line that is not UTF-8 text (see recbole_cela.data.source.read_lines).
+NOT_UTF8 = "line not UTF-8 text"
+
 
 class DataPreparationError(ValueError):
     """The raw data cannot be converted: says what was wrong and what to do about it."""
@@ -63,6 +66,9 @@ class Problems:
             f"  {kind}: {count} (first at {', '.join(self.examples(kind))})"
             for kind, count in self.counts.items()
         ]
+        if NOT_UTF8 in self.counts:
+            lines.append("  (a file saved in another encoding: re-encode it as UTF-8, e.g. with "
+                         "'iconv -f latin1 -t utf-8')")
         return (
             f"skipped {self.skipped} of {self.total} input entries "
             f"({self.skipped / max(self.total, 1):.4%}):\n" + "\n".join(lines)

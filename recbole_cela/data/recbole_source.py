@@ -1,7 +1,8 @@
 """The ``recbole`` source form: RecBole atomic files with explicit feedback.
 
 ``<dataset>.inter`` with the fields ``user_id``, ``item_id``, ``rating``, ``timestamp``, plus
-optional ``<dataset>.item`` (its fields are written as they are) and ``<dataset>.user`` (copied).
+optional ``<dataset>.item`` (its fields are written as they are) and ``<dataset>.user`` (copied
+as it is, so it must be UTF-8 text throughout).
 """
 
 import os
@@ -9,7 +10,7 @@ import os
 import pandas as pd
 
 from recbole_cela.data.problems import DataPreparationError
-from recbole_cela.data.source import Source, is_id, missing_files_error, read_lines
+from recbole_cela.data.source import Source, check_utf8, is_id, missing_files_error, read_lines
 
 
 def recbole_inputs(dataset, folder):
@@ -32,7 +33,7 @@ def read_atomic_table(path, problems):
 
     Lines whose number of tab-separated values differs from the header's are skipped.
     """
-    lines = read_lines(path)
+    lines = read_lines(path, problems, header=True)
     if not lines:
         raise DataPreparationError(f"'{path}' is empty: expected a RecBole 'name:type' header.")
     header = lines[0].split("\t")
@@ -86,4 +87,6 @@ def read_recbole(dataset, folder, problems):
         item_header, items = [], pd.DataFrame(index=pd.Index([], name="item_id"))
     user_path = os.path.join(folder, f"{dataset}.user")
     user_file = user_path if user_path in inputs else None
+    if user_file:
+        check_utf8(user_file, "the .user file is copied as it is, so no line of it can be skipped")
     return Source(inter, items, item_header, explicit=True, user_file=user_file)

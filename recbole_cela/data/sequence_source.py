@@ -29,7 +29,7 @@ def _read_titles(text_path, problems):
     """item_text.tsv (``ITEM<TAB>TEXT``) as a Series of cleaned texts indexed by item id, in
     file order; malformed and duplicate lines are skipped."""
     text_name = os.path.basename(text_path)
-    lines = pd.Series(read_lines(text_path), dtype=object)
+    lines = pd.Series(read_lines(text_path, problems), dtype=object)
     lines.index = lines.index + 1
     lines = lines[lines.str.strip() != ""]
     problems.total += len(lines)
@@ -48,7 +48,7 @@ def _read_sequences(sequence_path, problems):
     """user_sequence.txt (``USER ITEM ITEM ...``) as interactions (user, item, time = the order
     within the file); lines without items and repeated users are skipped."""
     sequence_name = os.path.basename(sequence_path)
-    lines = pd.Series(read_lines(sequence_path), dtype=object)
+    lines = pd.Series(read_lines(sequence_path, problems), dtype=object)
     lines.index = lines.index + 1
     tokens = lines.str.split()
     tokens = tokens[tokens.str.len() > 0]

@@ -8,7 +8,8 @@ from typing import Optional
 
 import pandas as pd
 
-from recbole_cela.data.problems import DataPreparationError
+from recbole_cela.data.problems import NOT_UTF8, DataPreparationError
+from recbole_cela.fileio import read_text_lines, undecodable
 
 
 @dataclass
@@ -54,13 +55,42 @@ def unreadable_error(path, error):
     )
 
 
-def read_lines(path):
-    """The lines of a text file, without line ends (a final empty line is dropped)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().splitlines()
-    except UnicodeDecodeError as error:
-        raise unreadable_error(path, error) from None
+def read_lines(path, problems, header=False):
+    """The lines of a UTF-8 text file, without line ends (a final empty line is dropped).
+
+    A line that is not UTF-8 text is a malformed entry like any other: it is counted as read and
+    as skipped (kind ``NOT_UTF8``, with its ``file:line``), so ``max_bad_ratio`` decides between
+    a warning and stopping, and it is returned as an empty line, which every reader passes over.
+    It is skipped rather than decoded with replacement characters because a replaced byte in an
+    id would make up an id (two ids that differ only there would become one item or user), and
+    in a text would feed the text encoders characters the file does not hold; a few stray bytes
+    in a large file cost a few counted lines, a file in another encoding exceeds
+    ``max_bad_ratio`` and stops with the first offending lines. With ``header``, the first line
+    names the file's fields and cannot be skipped: one that is not UTF-8 stops the conversion.
+    """
+    lines, bad = read_text_lines(path)
+    if header and bad and bad[0] == 1:
+        raise not_utf8_error(path, 1, lines[0], "the header names the file's fields")
+    problems.total += len(bad)
+    problems.add(NOT_UTF8, os.path.basename(path), bad)
+    for number in bad:
+        lines[number - 1] = ""
+    return lines
+
+
+def check_utf8(path, why):
+    """Stop at the first line of a file that is not UTF-8 text (for a file copied as it is,
+    whose lines cannot be skipped; ``why`` says so)."""
+    lines, bad = read_text_lines(path)
+    if bad:
+        raise not_utf8_error(path, bad[0], lines[bad[0] - 1], why)
+
+
+def not_utf8_error(path, number, line, why):
+    return DataPreparationError(
+        f"{path}:{number}: not UTF-8 text ({undecodable(line)}); {why}. Re-encode the file as "
+        f"UTF-8 (e.g. with 'iconv -f latin1 -t utf-8'). Nothing was written."
+    )
 
 
 def missing_files_error(source_format, folder, expected, how):
