@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import uuid
 
 import numpy as np
@@ -89,6 +90,39 @@ def data_fingerprint(data_path, dataset):
     The converter's own stamp (``.prep.json``, which records input paths) is left out."""
     files = sorted(f for f in os.listdir(data_path) if f.startswith(dataset + ".") and not f.endswith(".prep.json"))
     return fingerprint([(f, file_digest(os.path.join(data_path, f))) for f in files])
+
+
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
+
+def undecodable(line):
+    """Where a line read with ``errors="surrogateescape"`` is not UTF-8: ``None`` when it is valid,
+    else its first undecodable byte and where it is, e.g. ``"byte 0xe9 at character 12"``.
+
+    ``surrogateescape`` turns each byte that is not part of valid UTF-8 into a lone surrogate
+    (U+DC80..U+DCFF), which valid UTF-8 can never decode to, so finding one finds the byte.
+    """
+    found = _ESCAPED_BYTE.search(line)
+    if found is None:
+        return None
+    return f"byte 0x{ord(found.group()) - 0xDC00:02x} at character {found.start() + 1}"
+
+
+def read_text_lines(path):
+    """(lines, numbers of the lines that are not UTF-8) of a text file, split as
+    ``str.splitlines`` splits them (line ends removed, a final empty line dropped).
+
+    Lines are numbered from 1. A line that is not valid UTF-8 is returned with its undecodable
+    bytes as lone surrogates (see :func:`undecodable`): the caller decides to skip it or to stop,
+    and can say where it is.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8").splitlines(), []
+    except UnicodeDecodeError:
+        lines = data.decode("utf-8", "surrogateescape").splitlines()
+        return lines, [number for number, line in enumerate(lines, 1) if undecodable(line)]
 
 
 def read_json(path):

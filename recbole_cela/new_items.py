@@ -28,6 +28,7 @@ the dataset's ``.item`` atomic format (header ``item_id:token<TAB>movie_title:to
 whose text is assembled like the dataset's (``text_fields``/``text_template``).
 ``--pairs``: ``user_id<TAB>history<TAB>item_id`` lines, the history as space-separated item ids
 (oldest first, empty allowed); the output repeats each line with its probability appended.
+Both are UTF-8 text: a line that is not stops the command, naming the file and line.
 """
 
 import argparse
@@ -41,7 +42,7 @@ from recbole.data.interaction import Interaction
 
 import recbole_cela
 from recbole_cela.checkpoints import load_checkpoint
-from recbole_cela.fileio import data_fingerprint, read_atomic_file
+from recbole_cela.fileio import data_fingerprint, read_atomic_file, undecodable
 from recbole_cela.utils import PluginConfigError, PluginError
 
 # Keys of a saved config that RecBole or the runner computes; everything else is passed back.
@@ -234,12 +235,30 @@ class NewItemScorer:
 
 
 # ------------------------------------------------------------------------------- files / CLI
+def _text_lines(path, what):
+    """The lines of a UTF-8 text file (line ends removed), numbered from 1.
+
+    A line that is not UTF-8 stops with its file and line. Not decoded with replacement
+    characters: every line here is an item or a pair the user asked to score, and this command
+    refuses any line it cannot read as given (there is no share of bad lines it tolerates, unlike
+    the converter) rather than score a text or an id the file does not hold.
+    """
+    if not os.path.isfile(path):
+        raise NewItemError(f"No {what} file '{path}'.")
+    lines = []
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        for number, line in enumerate(f, 1):
+            where = undecodable(line)
+            if where:
+                raise NewItemError(f"{path}:{number}: not UTF-8 text ({where}): save the {what} file as UTF-8.")
+            lines.append(line.rstrip("\n"))
+    return lines
+
+
 def read_items_file(path, config=None):
     """``{item_id: text}`` from ``item_id<TAB>text`` lines or a dataset-format ``.item`` file."""
-    if not os.path.isfile(path):
-        raise NewItemError(f"No items file '{path}'.")
-    with open(path, encoding="utf-8") as f:
-        first = f.readline().rstrip("\n").split("\t")
+    lines = _text_lines(path, "items")
+    first = (lines[0] if lines else "").split("\t")
     if all(":" in column for column in first):  # an atomic .item file
         from recbole_cela.text.items import assemble
 
@@ -252,32 +271,29 @@ def read_items_file(path, config=None):
         texts = assemble(frame, fields, config["text_template"], "")
         return dict(zip(frame[item_field].str.strip(), texts))
     items = {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip() or (number == 1 and line.lower().startswith("item_id\t")):
-                continue
-            token, sep, text = line.partition("\t")
-            if not sep:
-                raise NewItemError(f"{path}:{number}: expected 'item_id<TAB>text', got {line[:80]!r}.")
-            if token.strip() in items:
-                raise NewItemError(f"{path}:{number}: item id '{token.strip()}' is given twice.")
-            items[token.strip()] = text
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or (number == 1 and line.lower().startswith("item_id\t")):
+            continue
+        token, sep, text = line.partition("\t")
+        if not sep:
+            raise NewItemError(f"{path}:{number}: expected 'item_id<TAB>text', got {line[:80]!r}.")
+        if token.strip() in items:
+            raise NewItemError(f"{path}:{number}: item id '{token.strip()}' is given twice.")
+        items[token.strip()] = text
     return items
 
 
 def read_pairs_file(path):
+    """``[(user or None, history item ids, item id), ...]`` of ``user_id<TAB>history<TAB>item_id`` lines."""
     pairs = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            parts = line.split("\t")
-            if len(parts) != 3:
-                raise NewItemError(f"{path}:{number}: expected 'user_id<TAB>history<TAB>item_id', got {line[:80]!r}.")
-            user, history, item = parts
-            pairs.append((user.strip() or None, history.split(), item.strip()))
+    for number, line in enumerate(_text_lines(path, "pairs"), 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 3:
+            raise NewItemError(f"{path}:{number}: expected 'user_id<TAB>history<TAB>item_id', got {line[:80]!r}.")
+        user, history, item = parts
+        pairs.append((user.strip() or None, history.split(), item.strip()))
     return pairs
 
 
@@ -299,12 +315,15 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     try:
+        # The input files are read before the run is loaded (the items file is checked only as
+        # text: its dataset format needs the run's config), so a bad file stops at once.
+        pairs = read_pairs_file(args.pairs) if args.pairs else None
+        _text_lines(args.items, "items")
         overrides = {"data_path": args.data_path} if args.data_path else None
         scorer = NewItemScorer.load(args.checkpoint, dataset=args.dataset, config_dict=overrides)
         scorer.add_items(read_items_file(args.items, scorer.config))
         lines = []
-        if args.pairs:
-            pairs = read_pairs_file(args.pairs)
+        if pairs is not None:
             for (user, history, item), p in zip(pairs, scorer.score_pairs(pairs)):
                 lines.append(f"{user or ''}\t{' '.join(history)}\t{item}\t{p:.6f}")
         if args.history is not None:

@@ -525,6 +525,125 @@ def test_malformed_recbole_lines(recbole_source, tmp_path):
         prepare_dataset("tiny", "recbole", str(recbole_source), str(tmp_path))
 
 
+# Lines that are not UTF-8: the Latin-1 bytes of "é" where UTF-8 text is expected.
+LATIN1 = "é".encode("latin-1")
+
+
+def write_lines_bytes(path, lines):
+    path.write_bytes(b"".join((line.encode() if isinstance(line, str) else line) + b"\n" for line in lines))
+
+
+def test_read_text_lines_splits_as_before_and_numbers_bad_lines(tmp_path):
+    """Valid files split exactly as the converter always split them (text mode + splitlines);
+    a file with bad bytes keeps that numbering and names its bad lines."""
+    from recbole_cela.fileio import read_text_lines, undecodable
+
+    path = tmp_path / "f.txt"
+    text = "a\r\nb\rc\x0cd\u2028e\n\nf"
+    path.write_bytes(text.encode())
+    with open(path, encoding="utf-8") as f:
+        assert read_text_lines(path) == (f.read().splitlines(), [])
+    path.write_bytes(text.encode().replace(b"d", b"d" + LATIN1) + b"\r\nok " + LATIN1 + b"\n")
+    lines, bad = read_text_lines(path)
+    assert len(lines) == 8 and bad == [4, 8]  # the \r, \x0c and \u2028 breaks still count
+    assert undecodable(lines[3]) == "byte 0xe9 at character 2" and undecodable(lines[0]) is None
+
+
+def test_non_utf8_sequence_lines(sequence_source, tmp_path, caplog):
+    """A line that is not UTF-8 is a malformed line: counted with its file:line, skipped, and
+    over max_bad_ratio the conversion stops and writes nothing."""
+    sequences = [s.encode() for s in SEQUENCES]
+    sequences[3] = b"u4 i1 i3 i5" + LATIN1  # u4's line
+    texts = [t.encode() for t in TEXTS]
+    texts[3] = b"i4\tRunning sho" + LATIN1
+    write_lines_bytes(sequence_source / "user_sequence.txt", sequences)
+    write_lines_bytes(sequence_source / "item_text.tsv", texts)
+    args = ("tiny", "sequence", str(sequence_source), str(tmp_path))
+    with pytest.raises(DataPreparationError) as error:
+        prepare_dataset(*args)
+    message = str(error.value)
+    assert "line not UTF-8 text: 2 (first at item_text.tsv:4, user_sequence.txt:4)" in message
+    assert "re-encode it as UTF-8" in message and "Nothing was written" in message
+    assert not (tmp_path / "tiny").exists()
+
+    with caplog.at_level(logging.WARNING):
+        folder = prepare_dataset(*args, max_bad_ratio=0.5)
+    assert "line not UTF-8 text: 2 (first at item_text.tsv:4, user_sequence.txt:4)" in caplog.text
+    users = {u for split in SPLITS for u, _, _ in positives(read_split(folder, "tiny", split))}
+    assert users == {"u1", "u2"}  # u4's line is skipped (u3 has a single item)
+    titles = dict(line.split("\t") for line in (Path(folder) / "tiny.item").read_text().splitlines()[1:])
+    assert titles["i4"] == "" and titles["i1"] == "Red ball"  # i4's text line skipped: text_fallback
+    stamp = json.loads((Path(folder) / "tiny.prep.json").read_text())
+    assert stamp["counts"]["skipped_input_entries"] == {"line not UTF-8 text": 2}
+
+
+def test_non_utf8_recbole_lines(recbole_source, tmp_path):
+    inter = [line.encode() for line in RECBOLE_INTER]
+    inter[2] = b"7\t10\t2\t100" + LATIN1  # a body line: skipped, counted
+    write_lines_bytes(recbole_source / "tiny.inter", inter)
+    with pytest.raises(DataPreparationError, match=r"line not UTF-8 text: 1 \(first at tiny\.inter:3\)"):
+        prepare_dataset("tiny", "recbole", str(recbole_source), str(tmp_path))
+    folder = prepare_dataset("tiny", "recbole", str(recbole_source), str(tmp_path), max_bad_ratio=0.5)
+    train = read_split(folder, "tiny", "train")
+    assert "10" not in set(train[train["user"] == "7"]["item"])  # user 7's rating of item 10 is gone
+
+    # A header, or any line of the .user file (copied as it is), cannot be skipped: stop there.
+    user = recbole_source / "tiny.user"
+    write_lines_bytes(user, [RECBOLE_USER[0], RECBOLE_USER[1], b"8\t5" + LATIN1, RECBOLE_USER[3]])
+    before = snapshot(folder)
+    with pytest.raises(DataPreparationError, match=r"tiny\.user:3: not UTF-8 text \(byte 0xe9 at character 4\)"):
+        prepare_dataset("tiny", "recbole", str(recbole_source), str(tmp_path), max_bad_ratio=0.5)
+    user.write_text("".join(line + "\n" for line in RECBOLE_USER))
+    write_lines_bytes(recbole_source / "tiny.item", [b"item_id:token\tmovie_title" + LATIN1 + b":token_seq"]
+                      + [line.encode() for line in RECBOLE_ITEM[1:]])
+    with pytest.raises(DataPreparationError, match=r"tiny\.item:1: not UTF-8 text .*header"):
+        prepare_dataset("tiny", "recbole", str(recbole_source), str(tmp_path), max_bad_ratio=0.5)
+    assert snapshot(folder) == before
+
+
+@pytest.mark.parametrize("release", ["2014", "2018"])
+def test_non_utf8_amazon_lines(release, amazon2014_source, amazon2018_source, tmp_path):
+    source = amazon2014_source if release == "2014" else amazon2018_source
+    reviews = next(source.glob("*_5.json.gz"))
+    meta = source / "meta_Sports_and_Outdoors.json.gz"
+    encode = repr if release == "2014" else json.dumps
+    with gzip.open(meta, "rt") as f:
+        meta_lines = [line.encode() for line in f.read().splitlines()]
+    # Item e (reviewed) and item zz2 (never reviewed) have a Latin-1 byte in their meta line.
+    for asin in ("e", "zz2"):
+        meta_lines.append(encode({"asin": asin, "title": "Caf"}).encode().replace(b"Caf", b"Caf" + LATIN1))
+    with gzip.open(meta, "wb") as f:
+        f.write(b"".join(line + b"\n" for line in meta_lines))
+    review_lines = [line.encode() for line in REVIEWS + [review("A3", "e", 60), review("A4", "c", 10)]]
+    review_lines[8] = review_lines[8].replace(b'"A4"', b'"A4' + LATIN1 + b'"')
+    with gzip.open(reviews, "wb") as f:
+        f.write(b"".join(line + b"\n" for line in review_lines))
+    with pytest.raises(DataPreparationError) as error:
+        prepare_dataset("az", f"amazon{release}", str(source), str(tmp_path))
+    # zz2's line is never parsed (nobody reviewed it), so it is not counted, as for valid lines.
+    expected = f"line not UTF-8 text: 2 (first at {reviews.name}:9, {meta.name}:{len(meta_lines) - 1})"
+    assert expected in str(error.value)
+    folder = prepare_dataset("az", f"amazon{release}", str(source), str(tmp_path), max_bad_ratio=0.5)
+    items = [line.split("\t")[0] for line in (Path(folder) / "az.item").read_text().splitlines()[1:]]
+    assert items == ["a", "b", "c", "d"]  # e has no readable meta
+    counts = json.loads((Path(folder) / "az.prep.json").read_text())["counts"]["skipped_input_entries"]
+    assert counts == {"line not UTF-8 text": 2, "item in reviews with no meta": 1}
+
+
+def test_non_utf8_item_feature_lines(sequence_source, tmp_path):
+    write_features(sequence_source, ["i1\ta1", "i2\ta2", "i3\ta1", "i4\ta1", "i5\ta1"],
+                   ["i1\tacme", "i2\tacme", "i3\tacme", "i4\tacme", "i5\tacme"],
+                   ["i1\t1.5", "i2\t2", "i3\t1", "i4\t1", "i5\t1"])
+    write_lines_bytes(sequence_source / "brand.tsv", [b"i1\tacme", b"i2\tacm" + LATIN1, b"i3\tacme",
+                                                      b"i4\tacme", b"i5\tacme"])
+    with pytest.raises(DataPreparationError, match=r"line not UTF-8 text: 1 \(first at brand\.tsv:2\)"):
+        prepare_dataset("tiny", "sequence", str(sequence_source), str(tmp_path), item_feature_files=FEATURES)
+    folder = prepare_dataset("tiny", "sequence", str(sequence_source), str(tmp_path), item_feature_files=FEATURES,
+                             max_bad_ratio=0.5)
+    rows = {line.split("\t")[0]: line.split("\t") for line in (Path(folder) / "tiny.item").read_text().splitlines()}
+    assert rows["i2"][3] == "" and rows["i1"][3] == "acme"  # i2's brand line skipped: an empty value
+
+
 def test_output_folder_is_not_the_source(tmp_path):
     source = tmp_path / "tiny"  # <data_path>/<dataset> would be the source folder itself
     source.mkdir()

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from recbole_cela.new_items import NewItemError, NewItemScorer, main
+from recbole_cela.new_items import NewItemError, NewItemScorer, main, read_items_file
 from recbole_cela.quick_start import run_recbole_cela
 
 FAST = {"dap": False, "align": False, "epochs": 1, "max_text_length": 32, "eval_text_batch_size": 64}
@@ -140,4 +140,35 @@ def test_cli(trained, tmp_path, capsys):
     bad.write_text("n5\t\n")
     with pytest.raises(SystemExit, match="empty text"):
         main([f"--checkpoint={checkpoint}", f"--items={bad}", "--history=50"])
+    latin1 = tmp_path / "latin1.tsv"  # saved by an editor in Latin-1
+    latin1.write_bytes("n6\tCafé society\n".encode("latin-1"))
+    with pytest.raises(SystemExit, match=r"latin1\.tsv:1: not UTF-8 text \(byte 0xe9 at character 7\)"):
+        main([f"--checkpoint={checkpoint}", f"--items={latin1}", "--history=50"])
     assert snapshot(config["checkpoint_dir"]) == before
+
+
+def test_non_utf8_files_are_refused_with_file_and_line_before_loading(tmp_path):
+    """Items and pairs files that are not UTF-8 stop the command with their file and line (not a
+    byte offset), before the run is loaded: the checkpoint named here does not exist."""
+    items = tmp_path / "new.tsv"
+    items.write_bytes(b"item_id\ttext\nn1\tA film\nn2\tCaf\xe9 story\n")
+    good_items = tmp_path / "good.tsv"
+    good_items.write_text("n1\tA film\n")
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_bytes(b"1\t50\tn1\n2\t5\xe90\tn1\n")
+    missing = str(tmp_path / "no-run.pth")
+    with pytest.raises(SystemExit, match=r"new\.tsv:3: not UTF-8 text \(byte 0xe9 at character 7\)"):
+        main([f"--checkpoint={missing}", f"--items={items}", "--history=50"])
+    with pytest.raises(SystemExit, match=r"pairs\.tsv:2: not UTF-8 text \(byte 0xe9 at character 4\)"):
+        main([f"--checkpoint={missing}", f"--items={good_items}", f"--pairs={pairs}"])
+    with pytest.raises(SystemExit, match=r"No pairs file"):
+        main([f"--checkpoint={missing}", f"--items={good_items}", f"--pairs={tmp_path / 'none.tsv'}"])
+    # Valid files get as far as the checkpoint.
+    with pytest.raises(SystemExit, match="no-run.pth"):
+        main([f"--checkpoint={missing}", f"--items={good_items}", "--history=50"])
+    # The dataset's .item format too: its header is read as text first.
+    atomic = tmp_path / "new.item"
+    atomic.write_bytes(b"item_id:token\tmovie_title:token_seq\nn9\tAm\xe9lie\n")
+    with pytest.raises(NewItemError, match=r"new\.item:2: not UTF-8 text"):
+        read_items_file(str(atomic), {"ITEM_ID_FIELD": "item_id", "text_fields": ["movie_title"],
+                                      "text_template": None})

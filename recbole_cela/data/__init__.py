@@ -1,17 +1,38 @@
-"""Data preparation: raw data -> RecBole benchmark atomic files under one CTR protocol."""
+"""Data preparation: raw data -> RecBole benchmark atomic files under one CTR protocol
+(:mod:`recbole_cela.data.convert` documents it), and the plugin's own data loaders
+(:mod:`recbole_cela.data.loaders`)."""
 
 import os
 
+from recbole_cela.data.convert import (
+    AMAZON_2014_URL,
+    AMAZON_2018_URL,
+    FORMAT_VERSION,
+    ITEM_FEATURE_TYPES,
+    SOURCE_FORMATS,
+    DataPreparationError,
+    prepare_dataset,
+)
+
+__all__ = [
+    "AMAZON_2014_URL",
+    "AMAZON_2018_URL",
+    "FORMAT_VERSION",
+    "ITEM_FEATURE_TYPES",
+    "SOURCE_FORMATS",
+    "DataPreparationError",
+    "prepare_dataset",
+    "prepare_from_config",
+]
+
 
 def prepare_from_config(config, logger=None):
-    """Run :func:`recbole_cela.data.convert.prepare_dataset` with the keys of a RecBole config.
+    """Run :func:`prepare_dataset` with the keys of a RecBole config.
 
     A dataset config without ``source_format`` means the atomic files are the user's own, already
     in ``data_path``: nothing is converted. RecBole's ``Config`` has already joined the dataset
     name onto ``data_path``, so the converter gets its parent folder.
     """
-    from recbole_cela.data.convert import prepare_dataset
-
     if not config["source_format"]:
         return None
     return prepare_dataset(
