@@ -297,7 +297,9 @@ def transformer_layers(model):
 
 
 def freeze_below(model, trainable_layers):
-    """Train only the top ``trainable_layers`` blocks (and any head); -1 trains everything.
+    """Train only the top ``trainable_layers`` blocks (and any head outside the base model);
+    -1 trains everything. A causal-LM head tied to the input embeddings (OPT, GPT-2) is those
+    embeddings, and stays frozen with them.
 
     Freezing the embeddings and the lower blocks removes most of the backward pass and of the
     optimizer's work: the main lever for running the text stages on a CPU.
@@ -334,7 +336,8 @@ def make_trainable(model, training):
     from peft import LoraConfig, LoraModel
 
     if not training["lora_target_modules"]:
-        raise TextEncoderError("text_lora_r > 0 needs text_lora_target_modules, e.g. [query, value] for BERT-like encoders.")
+        raise TextEncoderError("text_lora_r > 0 needs text_lora_target_modules: ~ for the architecture's query/value "
+                               "projections, or e.g. [query, value] for BERT-like encoders, [q_proj, v_proj] for OPT.")
     lora_config = LoraConfig(r=int(training["lora_r"]), lora_alpha=training["lora_alpha"],
                              lora_dropout=training["lora_dropout"], target_modules=training["lora_target_modules"])
     try:
