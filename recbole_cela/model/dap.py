@@ -50,6 +50,9 @@ class DomainAdaptivePretraining(nn.Module):
         return base_model(self.encoder)(input_ids=input_ids, attention_mask=attention_mask)[0]
 
     def _simcse(self, z1, z2):
+        # fp32 similarities: at temperature 0.05 bf16's rounding of a cosine (~0.004) is ~0.08 in
+        # the logits (bf16 vectors come out of a model ending in a linear layer, e.g. OPT's).
+        z1, z2 = z1.float(), z2.float()
         sim = F.cosine_similarity(z1.unsqueeze(1), z2.unsqueeze(0), dim=-1) / self.temperature
         return F.cross_entropy(sim, torch.arange(len(sim), device=sim.device))
 
@@ -116,8 +119,10 @@ class DomainAdaptivePretraining(nn.Module):
         trivially 0, so alignment is measured between the text and its corrupted version."""
         ids, mask = batch["input_ids"], batch["attention_mask"]
         corrupted = self.corrupt(ids, mask)
-        z = F.normalize(pool(self._hidden(ids, mask), mask, self.pooling), dim=-1)
-        zm = F.normalize(pool(self._hidden(corrupted, mask), mask, self.pooling), dim=-1)
+        # In fp32: under bf16 autocast a model whose last op is a linear layer (OPT's output
+        # projection) returns bf16 states, and pdist has no bf16 kernel.
+        z = F.normalize(pool(self._hidden(ids, mask), mask, self.pooling).float(), dim=-1)
+        zm = F.normalize(pool(self._hidden(corrupted, mask), mask, self.pooling).float(), dim=-1)
         align = (z - zm).norm(dim=1).pow(2).mean()
         uniform = torch.pdist(z).pow(2).mul(-2).exp().mean().log()
         return float(align), float(uniform)
