@@ -8,6 +8,10 @@ A run of model ``M`` on dataset ``D`` reads, a later source winning:
 3. ``dataset_configs/<D>.yaml``;
 4. the user's ``--config_files``, ``config_dict`` and ``--key=value`` command line.
 
+A plugin model may then resolve settings whose default depends on more than the config
+(``resolve_config``: CELA's text pooling follows its encoder's architecture) or refuse settings it
+cannot use, before any data is read or converted.
+
 A plugin model built on an ID backbone (``backbone_key``: CELA's ``backbone``, FLIP's
 ``flip_backbone``) reads the *backbone's* RecBole defaults in step 1 and ``props/<BACKBONE>.yaml``
 before ``props/<M>.yaml`` in step 2, so every key it does not own itself (the keys of
@@ -71,6 +75,9 @@ def build_config(model, dataset, config_file_list=None, config_dict=None):
     backbone_key = getattr(model_class, "backbone_key", None)
     if backbone_key:  # the backbone's own props come before the model's
         config = make(config[backbone_key])
+    resolve = getattr(model_class, "resolve_config", None)
+    if resolve:  # settings whose default depends on files (e.g. the text encoder's kind), before any data is read
+        resolve(config)
     if config["source_format"]:
         # RecBole hard-wires ml-100k's data_path to its bundled raw copy; converted datasets
         # always live in <data_path>/<dataset> (default dataset/<dataset>).

@@ -147,7 +147,7 @@ class NewItemScorer:
         model.eval()
         encoder_path = _encoder_folder(checkpoint_path, checkpoint["plugin"]["encoder"], saved["dataset"])
         encoder = load_encoder(encoder_path).eval()
-        return cls(model, config, data, encoder, load_tokenizer(encoder_path))
+        return cls(model, config, data, encoder, load_tokenizer(encoder_path, config["text_pad_token"]))
 
     # --------------------------------------------------------------------------- new items
     def add_items(self, items):

@@ -60,7 +60,7 @@ def test_bad_settings_are_named_with_what_is_allowed(run_config):
         build_config("CELA", "ml-tiny", files, overrides)
     assert str(error.value).splitlines()[1:] == [
         "  epochs = 'abc': expected (int >= 1), as props/overall.yaml declares",
-        "  text_pooling = 'max': expected (str: mean | cls), as props/CELA.yaml declares",
+        "  text_pooling = 'max': expected (str: auto | mean | cls | last), as props/CELA.yaml declares",
         "  align_valid_ratio = 1.5: expected (float in (0, 1)), as props/CELA.yaml declares",
         # RecBole's keys that no plugin file declares: checked against RecBole's default's type
         "  learning_rate = 'fast': expected a number (RecBole's default is 0.001)",

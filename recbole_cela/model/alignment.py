@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recbole_cela.text.encoder import encode
+from recbole_cela.text.encoder import encode, text_width
 from recbole_cela.utils import PluginConfigError
 
 
@@ -69,11 +69,11 @@ def alignment_target(kind, item_table, dataset):
 class ItemAlignment(nn.Module):
     def __init__(self, encoder, id_table, pooling, temperature, proj_size):
         super().__init__()
-        self.encoder = encoder  # an AutoModel
+        self.encoder = encoder  # an AutoModel (an encoder or a decoder)
         self.pooling = pooling
         self.temperature = temperature
         self.register_buffer("id_table", id_table.detach().clone())  # frozen backbone vectors
-        self.text_head = projection_head(encoder.config.hidden_size, proj_size)
+        self.text_head = projection_head(text_width(encoder.config), proj_size)
         self.id_head = projection_head(id_table.shape[1], proj_size)
 
     def other_parameter(self):

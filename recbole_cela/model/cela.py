@@ -15,7 +15,7 @@ from recbole.utils import InputType, ModelType
 
 from recbole_cela.model.backbones import backbone_names, get_backbone
 from recbole_cela.model.fusion import fusable, fused_backbone
-from recbole_cela.text.encoder import encoder_width
+from recbole_cela.text.encoder import encoder_width, resolve_text_settings
 
 
 class CELA(AbstractRecommender):
@@ -30,6 +30,14 @@ class CELA(AbstractRecommender):
     def backbone_choices():
         """The ID models CELA fuses text into (``backbone``), checked before any work."""
         return sorted((name for name in backbone_names() if fusable(get_backbone(name))), key=str.lower)
+
+    @staticmethod
+    def resolve_config(config):
+        """``text_pooling: auto`` and the other text settings whose default follows the encoder's
+        architecture, resolved in the config (``recbole_cela.config.build_config``), so the stages,
+        their cache keys, the checkpoint and new-item scoring all read the value used."""
+        if config["use_text"]:
+            resolve_text_settings(config)
 
     def __init__(self, config, dataset):
         super().__init__()

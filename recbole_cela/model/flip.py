@@ -25,7 +25,7 @@ from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import InputType, ModelType
 from recbole.utils import get_model as recbole_get_model
 
-from recbole_cela.text.encoder import encode, freeze_below, load_encoder, resolve_encoder_path
+from recbole_cela.text.encoder import encode, encoder_config, freeze_below, is_decoder, load_encoder, resolve_encoder_path
 from recbole_cela.utils import PluginConfigError
 
 # Backbone -> its final linear layer(s): their input is the backbone's sample representation.
@@ -80,6 +80,23 @@ class FLIP(AbstractRecommender):
         "FLIP runs in one process: its pretraining and text fine-tuning read sampled interactions "
         "through single-process loaders (docs/FLIP.md). Run it without --nproc / --world_size."
     )
+
+    @staticmethod
+    def resolve_config(config):
+        """Refuse a decoder-only text encoder before any work, wherever FLIP would read text: its
+        pretraining recovers masked prompt tokens with a masked-LM head, and its prompts are framed
+        by the encoder's [CLS] and [SEP] tokens; a causal model has neither."""
+        if not (config["flip_pretrain"] or config["flip_finetune"] != "id"):
+            return  # the ID model alone: no text is read
+        path = resolve_encoder_path(config["text_encoder"])
+        model_config = encoder_config(path)
+        if is_decoder(model_config):
+            raise PluginConfigError(
+                f"FLIP needs a masked language model, and text_encoder '{path}' is a decoder "
+                f"({model_config.model_type}): FLIP's pretraining recovers masked prompt tokens with a masked-LM "
+                "head and its prompts are framed by [CLS]/[SEP]. Use an encoder folder (BERT, RoBERTa, "
+                "DistilBERT, MiniLM), or run the decoder with --model=CELA."
+            )
 
     def __init__(self, config, dataset):
         super().__init__()

@@ -1,5 +1,18 @@
 """A local Hugging Face text encoder (never downloaded): loading, pooling, which weights train
-(the top blocks or LoRA adapters), and the precision the text stages compute in."""
+(the top blocks or LoRA adapters), and the precision the text stages compute in.
+
+Two kinds of model read item texts:
+
+* *encoders* (BERT, RoBERTa, DistilBERT, MiniLM, ...): bidirectional; pooled by ``mean`` (the
+  default) or ``cls``; stage 1 trains them with a masked-LM head;
+* *decoders* (OPT, GPT-2, Llama/Qwen-style, ...): causal, so only the last token has read the whole
+  text; pooled by ``last`` (the default; ``cls`` is refused: the first token sees only itself);
+  stage 1 trains them with their causal-LM head. Their tokenizers often have no padding token: one
+  is set explicitly (``text_pad_token``, default the eos token) and saved with the artifacts.
+
+A model is a decoder when transformers knows a causal-LM class and no masked-LM class for its
+``model_type``: BERT and RoBERTa have both (a BERT can be run as a decoder) and stay encoders.
+"""
 
 import contextlib
 import functools
@@ -10,7 +23,17 @@ import torch
 
 from recbole_cela.utils import PluginError
 
-POOLING_MODES = ("cls", "mean")
+POOLING_MODES = ("cls", "mean", "last")
+# text_pooling "auto": the pooling each kind of model is used with.
+DEFAULT_POOLING = {"encoder": "mean", "decoder": "last"}
+# text_lora_target_modules ~: the attention query and value projections, by model_type (peft's
+# table for these types, kept here so that resolving a config does not import peft).
+LORA_TARGETS = {
+    **dict.fromkeys(("bert", "roberta", "xlm-roberta", "camembert", "electra"), ["query", "value"]),
+    "distilbert": ["q_lin", "v_lin"],
+    "gpt2": ["c_attn"],
+    **dict.fromkeys(("opt", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"), ["q_proj", "v_proj"]),
+}
 
 
 class TextEncoderError(PluginError):
@@ -42,17 +65,121 @@ def resolve_encoder_path(path):
     return path
 
 
-def encoder_width(path):
-    """Hidden size of the encoder in ``path`` (read from its config, no weights loaded)."""
+def encoder_config(path):
+    """The Hugging Face config of the model in ``path`` (no weights loaded)."""
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(resolve_encoder_path(path), local_files_only=True).hidden_size
+    return AutoConfig.from_pretrained(resolve_encoder_path(path), local_files_only=True)
 
 
-def load_tokenizer(path):
+def is_decoder(model_config):
+    """Whether a model config is a decoder-only (causal) language model: see the module's doc."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    kind = model_config.model_type
+    return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def encoder_kind(path):
+    """``"decoder"`` or ``"encoder"``: the kind of the model in ``path``."""
+    return "decoder" if is_decoder(encoder_config(path)) else "encoder"
+
+
+def text_width(model_config):
+    """Width of the token states the model returns: ``hidden_size``, except where the model
+    projects its output to another width (OPT-350m: 1024 inside, ``word_embed_proj_dim`` 512 out)."""
+    return getattr(model_config, "word_embed_proj_dim", None) or model_config.hidden_size
+
+
+def encoder_width(path):
+    """Width of the text vectors of the model in ``path`` (read from its config, no weights loaded)."""
+    return text_width(encoder_config(path))
+
+
+def resolve_text_settings(config):
+    """Resolve, in place, the text settings whose default depends on the model in ``text_encoder``:
+    ``text_pooling`` (auto: mean for encoders, last for decoders), ``text_lora_target_modules``
+    (~: the architecture's query/value projections) and ``text_pad_token`` (~: the eos token when
+    the tokenizer has no padding token; None when it has one, since then it is unused). Every
+    stage, the item table, the checkpoint and new-item scoring read the resolved values, and the
+    cache keys hash them; CELA's trainer logs them."""
+    path = resolve_encoder_path(config["text_encoder"])
+    model_config = encoder_config(path)
+    kind = "decoder" if is_decoder(model_config) else "encoder"
+    pooling = config["text_pooling"] or "auto"
+    if pooling == "auto":
+        pooling = DEFAULT_POOLING[kind]
+    elif pooling not in POOLING_MODES:
+        raise TextEncoderError(f"text_pooling must be 'auto' or one of {POOLING_MODES}, not '{pooling}'.")
+    elif kind == "decoder" and pooling == "cls":
+        raise TextEncoderError(
+            f"text_pooling 'cls' with the decoder '{path}' ({model_config.model_type}): under causal attention the "
+            "first token's state has seen only itself, so every item would get the same vector. Use 'last' (the "
+            "default for decoders) or 'mean'."
+        )
+    config["text_pooling"] = pooling
+    if config["text_lora_target_modules"] is None:
+        config["text_lora_target_modules"] = list(LORA_TARGETS.get(model_config.model_type, ["query", "value"]))
+    config["text_pad_token"] = padding_token(load_tokenizer(path, check_padding=False), config["text_pad_token"], path)
+
+
+def padding_token(tokenizer, wanted, path):
+    """The padding token to set on a tokenizer that has none: ``wanted`` or its eos token (a
+    token of its vocabulary: padded positions are masked, so any token will do, but a new one
+    would need a row the model's embeddings lack). None when the tokenizer has its own."""
+    if tokenizer.pad_token is not None:
+        return None
+    token = wanted or tokenizer.eos_token
+    if token is None:
+        raise TextEncoderError(
+            f"The tokenizer of '{path}' has no padding token and no eos token to pad with: set text_pad_token "
+            "to one of its tokens (padded positions are masked, so any token will do)."
+        )
+    if token != tokenizer.unk_token and tokenizer.convert_tokens_to_ids(token) in (None, tokenizer.unk_token_id):
+        raise TextEncoderError(
+            f"text_pad_token '{token}' is not in the vocabulary of the tokenizer of '{path}': use one of its "
+            f"tokens, e.g. its eos token '{tokenizer.eos_token}' (the default)."
+        )
+    return token
+
+
+def padding_settings(config):
+    """The padding token a text stage's settings record, when one was set on a tokenizer that
+    had none (``{}`` otherwise, so an encoder's stage keys are what they were before decoders)."""
+    return {"pad_token": config["text_pad_token"]} if config["text_pad_token"] else {}
+
+
+def load_tokenizer(path, pad_token=None, check_padding=True):
+    """The tokenizer of ``path``. One without a padding token (common for decoders) gets
+    ``pad_token`` (default: its eos token) as padding; a saved copy keeps it."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_encoder_path(path), local_files_only=True)
+    path = resolve_encoder_path(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if check_padding:
+        token = padding_token(tokenizer, pad_token, path)
+        if token is not None:
+            tokenizer.pad_token = token
+    return tokenizer
+
+
+def _from_pretrained(cls, path):
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialised head" notice is expected here
+    try:
+        model = cls.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise TextEncoderError(f"Cannot load text_encoder '{path}': {error}") from error
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if is_decoder(model.config):
+        model.config.use_cache = False  # the text stages never generate: no key/value cache
+    return model
 
 
 def load_encoder(path, masked_lm=False):
@@ -62,18 +189,28 @@ def load_encoder(path, masked_lm=False):
     initialises one (it is trained by domain-adaptive pretraining).
     """
     from transformers import AutoModel, AutoModelForMaskedLM
-    from transformers.utils import logging as hf_logging
 
     path = resolve_encoder_path(path)
-    cls = AutoModelForMaskedLM if masked_lm else AutoModel
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the "newly initialised head" notice is expected here
-    try:
-        return cls.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as error:
-        raise TextEncoderError(f"Cannot load text_encoder '{path}': {error}") from error
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    if masked_lm and encoder_kind(path) == "decoder":
+        raise TextEncoderError(
+            f"'{path}' is a decoder ({encoder_config(path).model_type}): it has no masked-LM head. Use an encoder "
+            "folder (BERT, RoBERTa, DistilBERT, MiniLM, ...) here."
+        )
+    return _from_pretrained(AutoModelForMaskedLM if masked_lm else AutoModel, path)
+
+
+def load_language_model(path):
+    """The model in ``path`` with its language-model head, for stage 1: ``AutoModelForMaskedLM``
+    for an encoder, ``AutoModelForCausalLM`` for a decoder."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    path = resolve_encoder_path(path)
+    return _from_pretrained(AutoModelForCausalLM if encoder_kind(path) == "decoder" else AutoModelForMaskedLM, path)
+
+
+def is_causal_lm(model):
+    """Whether ``model`` is a decoder with its causal-LM head (``load_language_model``)."""
+    return is_decoder(model.config) and base_model(model) is not model
 
 
 def base_model(model):
@@ -82,12 +219,19 @@ def base_model(model):
 
 
 def pool(hidden, attention_mask, mode):
-    """Sentence vector from token states: the first token ([CLS]/<s>) or the masked mean."""
+    """Sentence vector from token states: the first token ([CLS]/<s>), the masked mean, or the
+    last real token (a decoder's summary of the whole text)."""
     if mode == "cls":
         return hidden[:, 0]
     if mode == "mean":
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    if mode == "last":
+        # The last position whose mask is 1, from the right: the text's length - 1 when padded on
+        # the right, the last column when padded on the left. Padding is never read from the ids
+        # (a decoder's pad token is often its eos or bos token).
+        last = attention_mask.shape[1] - 1 - attention_mask.flip(1).long().argmax(1)
+        return hidden[torch.arange(len(hidden), device=hidden.device), last]
     raise TextEncoderError(f"text_pooling must be one of {POOLING_MODES}, not '{mode}'.")
 
 
@@ -126,18 +270,38 @@ def masked_lm_logits(model, hidden, positions):
     return mlm_head(model, hidden[positions])
 
 
+def causal_lm_logits(model, hidden, positions):
+    """Next-token logits of a ``*ForCausalLM`` model at the selected token states only (the real
+    tokens followed by a real token; padding is not scored): its output layer, as OPT, GPT-2 and
+    Llama/Qwen-style models apply it to their last hidden states."""
+    return model.get_output_embeddings()(hidden[positions])
+
+
+# Where each family keeps its list of blocks: (attribute of the base model, attribute of that).
+_LAYER_PATHS = (
+    ("encoder", "layer"),  # BERT, RoBERTa, MiniLM
+    ("transformer", "layer"),  # DistilBERT
+    ("decoder", "layers"),  # OPT
+    (None, "layers"),  # Llama, Qwen, Mistral, ...
+    (None, "h"),  # GPT-2, Bloom, Falcon
+)
+
+
 def transformer_layers(model):
-    """The list of transformer blocks of a BERT/RoBERTa-like or DistilBERT-like encoder."""
+    """The list of transformer blocks of an encoder (BERT/RoBERTa-like, DistilBERT-like) or a
+    decoder (OPT-like, GPT-2-like, Llama-like)."""
     base = base_model(model)
-    for owner in ("encoder", "transformer"):
-        layers = getattr(getattr(base, owner, None), "layer", None)
-        if layers is not None:
+    for owner, name in _LAYER_PATHS:
+        layers = getattr(getattr(base, owner, None) if owner else base, name, None)
+        if isinstance(layers, torch.nn.ModuleList):
             return layers
     raise TextEncoderError(f"Cannot find the transformer layers of {type(base).__name__}.")
 
 
 def freeze_below(model, trainable_layers):
-    """Train only the top ``trainable_layers`` blocks (and any head); -1 trains everything.
+    """Train only the top ``trainable_layers`` blocks (and any head outside the base model);
+    -1 trains everything. A causal-LM head tied to the input embeddings (OPT, GPT-2) is those
+    embeddings, and stays frozen with them.
 
     Freezing the embeddings and the lower blocks removes most of the backward pass and of the
     optimizer's work: the main lever for running the text stages on a CPU.
@@ -174,14 +338,18 @@ def make_trainable(model, training):
     from peft import LoraConfig, LoraModel
 
     if not training["lora_target_modules"]:
-        raise TextEncoderError("text_lora_r > 0 needs text_lora_target_modules, e.g. [query, value] for BERT-like encoders.")
+        raise TextEncoderError("text_lora_r > 0 needs text_lora_target_modules: ~ for the architecture's query/value "
+                               "projections, or e.g. [query, value] for BERT-like encoders, [q_proj, v_proj] for OPT.")
     lora_config = LoraConfig(r=int(training["lora_r"]), lora_alpha=training["lora_alpha"],
                              lora_dropout=training["lora_dropout"], target_modules=training["lora_target_modules"])
     try:
         lora = LoraModel(model, lora_config, "default")  # injects adapters into ``model`` itself
     except ValueError as error:  # peft: "Target modules ... not found in the base model"
         raise TextEncoderError(f"text_lora_target_modules {training['lora_target_modules']}: {error}") from None
-    if hasattr(model, "base_model") and base_model(model) is not model:  # a masked-LM head trains fully
+    # A masked-LM head trains fully (MiniLM's is freshly initialised). A causal-LM head stays as
+    # loaded: it is the model's own, pretrained, and in OPT/GPT-2 the input embeddings themselves
+    # (tied), so training it would train the whole vocabulary beside the adapters.
+    if base_model(model) is not model and not is_causal_lm(model):
         for module in _mlm_head_modules(model):
             module.requires_grad_(True)
     return lora.merge_and_unload

@@ -82,7 +82,12 @@ def item_texts(config, dataset):
 
 
 class TokenizedItems:
-    """Every item's text tokenised once, kept as a padded id matrix plus lengths."""
+    """Every item's text tokenised once, kept as a padded id matrix plus lengths.
+
+    Texts are padded on the right whatever the tokenizer's ``padding_side``: every model then
+    numbers a text's positions from 0 (GPT-2 numbers positions by column, so left padding would
+    shift them), and pooling finds the last real token from the attention mask.
+    """
 
     def __init__(self, tokenizer, texts, max_length):
         encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
@@ -117,12 +122,12 @@ def encode_items(encoder, tokenized, pooling, batch_size, device, items=None, ra
     """
     from recbole_cela.data.loaders import ItemTextLoader
     from recbole_cela.distributed import all_gather_object
-    from recbole_cela.text.encoder import autocast, encode
+    from recbole_cela.text.encoder import autocast, encode, text_width
 
     encoder.eval()
     items = torch.arange(len(tokenized)) if items is None else torch.as_tensor(items)
     loader = ItemTextLoader(tokenized, items, batch_size, shuffle=False, rank=rank, world_size=world_size)
-    out = torch.zeros(len(items), encoder.config.hidden_size)
+    out = torch.zeros(len(items), text_width(encoder.config))
     position = torch.empty(int(items.max()) + 1, dtype=torch.long)
     position[items] = torch.arange(len(items))
     done, vectors_done = [], []

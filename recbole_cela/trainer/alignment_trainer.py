@@ -3,7 +3,7 @@
 import torch
 
 from recbole_cela.distributed import all_gather_object, world_size
-from recbole_cela.text.encoder import encoder_training, text_precision
+from recbole_cela.text.encoder import encoder_training, padding_settings, text_precision
 from recbole_cela.trainer.stage import param_groups
 from recbole_cela.trainer.text_stage import TextStageTrainer
 
@@ -25,6 +25,7 @@ class AlignmentTrainer(TextStageTrainer):
             "proj_size": config["align_proj_size"],
             "target": config["align_target"],
             "pooling": config["text_pooling"],
+            **padding_settings(config),
             "training": encoder_training(config),
             "precision": text_precision(config["text_amp"], torch.device(config["device"]).type),
             "seed": config["seed"],

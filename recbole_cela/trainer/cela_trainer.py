@@ -1,6 +1,6 @@
 """CELA's trainer: runs (or reuses) the three stages, then trains the fused model.
 
-Stage 1  DAPTrainer         encoder <- MLM + SimCSE on item texts          artifact: HF folder
+Stage 1  DAPTrainer         encoder <- MLM (decoder: causal LM) + SimCSE   artifact: HF folder
 Stage 2a RecBole Trainer    ID backbone on the CTR data (or                artifact: model.pth
                             ``backbone_checkpoint``: a trained run of it)
 Stage 2b AlignmentTrainer   encoder aligned to the frozen backbone items   artifact: HF folder
@@ -33,7 +33,17 @@ from recbole_cela.model.alignment import ItemAlignment, alignment_target
 from recbole_cela.model.backbones import get_backbone
 from recbole_cela.model.dap import DomainAdaptivePretraining
 from recbole_cela.model.fusion import item_id_vectors
-from recbole_cela.text.encoder import encoder_training, load_encoder, load_tokenizer, make_trainable, text_precision
+from recbole_cela.text.encoder import (
+    DEFAULT_POOLING,
+    encoder_kind,
+    encoder_training,
+    load_encoder,
+    load_language_model,
+    load_tokenizer,
+    make_trainable,
+    padding_settings,
+    text_precision,
+)
 from recbole_cela.text.items import TokenizedItems, encode_items, item_text_settings, item_texts
 from recbole_cela.trainer.alignment_trainer import AlignmentTrainer
 from recbole_cela.trainer.dap_trainer import DAPTrainer
@@ -57,7 +67,13 @@ class CELATrainer(StagedTrainer):
     def _text_setup(self, dataset):
         """Tokenise every item's text once; returns the text settings (the encoder included)."""
         text = item_text_settings(self.config)
-        self.tokenizer = load_tokenizer(text["encoder"])
+        self.tokenizer = load_tokenizer(text["encoder"], self.config["text_pad_token"])
+        kind, pooling, pad = encoder_kind(text["encoder"]), self.config["text_pooling"], self.config["text_pad_token"]
+        self.logger.info(
+            f"text encoder '{text['encoder']}': a {kind}, text_pooling '{pooling}' (default for {kind}s: "
+            f"'{DEFAULT_POOLING[kind]}'), "
+            + (f"padding with '{pad}' (the tokenizer has no pad token; text_pad_token)" if pad else "its own pad token")
+        )
         texts = item_texts(self.config, dataset)
         start = time.time()
         self.tokenized = TokenizedItems(self.tokenizer, texts, text["max_text_length"])
@@ -89,7 +105,7 @@ class CELATrainer(StagedTrainer):
         settings = DAPTrainer.settings(self.config)
 
         def build(path):
-            encoder = load_encoder(encoder_path, masked_lm=True)
+            encoder = load_language_model(encoder_path)  # with its masked-LM or causal-LM head
             plain_encoder = make_trainable(encoder, settings["training"])
             model = DomainAdaptivePretraining(encoder, self.tokenizer, settings["pooling"], settings["simcse_temperature"],
                                               settings["mlm_weight"], settings["mlm_probability"])
@@ -148,7 +164,8 @@ class CELATrainer(StagedTrainer):
         return self.stage("align", settings, build, {**upstream, "backbone": backbone_id})
 
     def stage_table(self, encoder_path, upstream):
-        settings = {"pooling": self.config["text_pooling"], "batch_size": self.config["eval_text_batch_size"],
+        settings = {"pooling": self.config["text_pooling"], **padding_settings(self.config),
+                    "batch_size": self.config["eval_text_batch_size"],
                     "precision": text_precision(self.config["text_amp"], self.device.type)}
 
         def build(path):

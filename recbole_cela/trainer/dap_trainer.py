@@ -3,7 +3,7 @@
 import torch
 
 from recbole_cela.distributed import all_reduce_sum
-from recbole_cela.text.encoder import encoder_training, text_precision
+from recbole_cela.text.encoder import encoder_training, padding_settings, text_precision
 from recbole_cela.trainer.text_stage import TextStageTrainer
 
 
@@ -24,24 +24,26 @@ class DAPTrainer(TextStageTrainer):
             "simcse_temperature": config["simcse_temperature"],
             "mlm_weight": config["mlm_weight"],
             "pooling": config["text_pooling"],
+            **padding_settings(config),
             "training": encoder_training(config),
             "precision": text_precision(config["text_amp"], torch.device(config["device"]).type),
             "seed": config["seed"],
         }
 
     def diagnostics(self, valid_data):
-        """Held-out MLM loss and SimCSE alignment / uniformity (lower is better for all); in a
-        distributed run each process measures its shard and the sums are added up."""
+        """Held-out language-model loss (``mlm_loss`` for an encoder, ``clm_loss`` for a decoder)
+        and SimCSE alignment / uniformity (lower is better for all); in a distributed run each
+        process measures its shard and the sums are added up."""
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(0)  # same masks before and after training
         self.model.eval()
-        mlm, align, uniform, n = 0.0, 0.0, 0.0, 0
+        lm, align, uniform, n = 0.0, 0.0, 0.0, 0
         with torch.no_grad(), self.autocast():
             for batch in valid_data:
                 batch = batch.to(self.device)
-                mlm += float(self.model.mlm_loss(batch["input_ids"], batch["attention_mask"])) * len(batch)
+                lm += float(self.model.lm_loss(batch["input_ids"], batch["attention_mask"])) * len(batch)
                 a, u = self.model.alignment_uniformity(batch)
                 align, uniform, n = align + a * len(batch), uniform + u * len(batch), n + len(batch)
         torch.random.set_rng_state(generator_state)
-        mlm, align, uniform, n = all_reduce_sum([mlm, align, uniform, n])
-        return {"mlm_loss": mlm / n, "alignment": align / n, "uniformity": uniform / n}
+        lm, align, uniform, n = all_reduce_sum([lm, align, uniform, n])
+        return {self.model.lm_name: lm / n, "alignment": align / n, "uniformity": uniform / n}
