@@ -189,7 +189,10 @@ class NewItemScorer:
         except KeyError:
             raise NewItemError(f"Unknown item '{token}': neither in the dataset nor added.") from None
 
-    def _interaction(self, users, histories, items):
+    def interaction(self, users, histories, items):
+        """The RecBole ``Interaction`` the model scores for these (user or None, history item ids,
+        item id) triples, with the user's and the items' features joined. Added items keep their
+        own ids (the model maps them itself)."""
         n = len(items)
         length = self.max_history
         history = torch.zeros(n, length, dtype=torch.long)
@@ -218,7 +221,7 @@ class NewItemScorer:
         out = []
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start : start + batch_size]
-            interaction = self._interaction([p[0] for p in chunk], [p[1] for p in chunk], [p[2] for p in chunk])
+            interaction = self.interaction([p[0] for p in chunk], [p[1] for p in chunk], [p[2] for p in chunk])
             out.append(self.model.predict(interaction).float())
         return torch.cat(out).numpy() if out else np.zeros(0)
 

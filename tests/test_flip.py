@@ -295,30 +295,3 @@ def test_bad_settings(run_config, tiny_encoder):
     config, model, train, valid, _ = setup(run_config, tiny_encoder, flip_id_warmup=False)
     with pytest.raises(ValueError, match="enable flip_id_warmup"):
         FLIPTrainer(config, model).fit(train, valid, saved=False)
-
-
-# ----------------------------------------------------------------------------------- benchmark
-def test_benchmark_reports_flip_stages(tmp_path):
-    from recbole_cela import benchmark as bm
-
-    assert {"FLIP", "FLIP-idOnly", "FLIP-textOnly"} <= set(bm.VARIANTS)
-    assert not {"FLIP", "FLIP-idOnly", "FLIP-textOnly"} & set(bm.default_variants())  # default runs unchanged
-    assert bm.VARIANTS["FLIP-textOnly"]["args"] == ["--flip_finetune=text"]
-    stages = {"pretrain": {"time_s": 40.0, "cached": False, "items_per_s": 12.0,
-                           "diagnostics_before": {"mtm_accuracy": 0.1, "mtm_majority": 0.3},
-                           "diagnostics_after": {"mtm_accuracy": 0.5, "mtm_majority": 0.3}},
-              "id_warmup": {"time_s": 20.0, "cached": True}, "finetune": {"time_s": 60.0, "cached": False}}
-    result = {"model": "FLIP", "dataset": "ml-100k", "seed": 2020, "best_valid_score": 0.7,
-              "best_valid_result": {"auc": 0.7}, "test_result": {"auc": 0.71, "logloss": 0.6},
-              "test_auc_by_popularity": {}, "fit_time_s": 120.0, "eval_time_s": 3.0, "eval_samples_per_s": 300.0,
-              "peak_rss_mb": 900.0, "n_params": 10, "stages": stages, "config": {}, "argv": []}
-    records = [{"variant": "FLIP", "seed": 2020, "status": "ok", "result": result}]
-    agg = bm.aggregate(records, ["FLIP"])
-    assert agg["FLIP"]["stages"]["pretrain"]["time_s_mean"] == 40.0
-    assert agg["FLIP"]["stages"]["id_warmup"]["cached_any"] is True
-    assert agg["FLIP"]["stages"]["pretrain"]["diagnostics"]["diagnostics_after"]["mtm_accuracy"] == 0.5
-    settings = {"models": ["FLIP"], "seeds": [2020], "quick": False, "extra_args": [], "resume": False}
-    bm.write_report(str(tmp_path), "ml-100k", ["FLIP"], records, settings, "python -m recbole_cela.benchmark",
-                    {"train": {"samples": 10, "positives": 5}, "valid": None, "test": None})
-    md = (tmp_path / "ml-100k.md").read_text()
-    assert "## FLIP stages" in md and "20.00 (cached)" in md and "mtm_accuracy" in md

@@ -13,10 +13,11 @@
    unknown item (the padding id); and popularity, which gives every unseen item the same score
    (0 training clicks), so its AUC is 0.5 by construction.
 
-    python -m recbole_cela.benchmark_new_items --dataset=ml-100k --n_items=150 --seed=2020 \\
+    python -m benchmarks.new_items --dataset=ml-100k --n_items=150 --seed=2020 \\
         [--out=docs/benchmarks] [--key=value ...  (any RecBole / CELA setting, e.g. --epochs=5)]
 
-writes ``<out>/<dataset>-new-items.json`` and ``.md``.
+writes ``<out>/<dataset>-new-items.json`` and ``.md`` (``--report_only``: the markdown again from
+that JSON; a ``note`` there is printed under the command).
 """
 
 import argparse
@@ -27,25 +28,19 @@ import sys
 import time
 
 import numpy as np
-import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
-from recbole_cela.benchmark import atomic_write_json, atomic_write_text
+from recbole_cela.config import build_config
 from recbole_cela.data import prepare_from_config
+from recbole_cela.fileio import atomic_write, atomic_write_json, read_atomic_file, read_json, write_atomic_file
 from recbole_cela.new_items import NewItemScorer, read_items_file
-from recbole_cela.quick_start import build_config, run_recbole_cela
+from recbole_cela.quick_start import run_recbole_cela
 from recbole_cela.utils import dataset_config_file, parse_overrides
 
 
 def _read(path):
-    return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
-
-
-def _write(frame, path):
-    tmp = path + ".tmp"
-    frame.to_csv(tmp, sep="\t", index=False, quoting=3)
-    os.replace(tmp, path)
+    return read_atomic_file(path, keep_types=True)
 
 
 def choose_items(test, item_col, n_items, seed):
@@ -71,10 +66,10 @@ def hold_out(source_dir, dataset, target_dir, name, held):
         kept = frame[~mask].copy()
         if hist_col:
             kept[hist_col] = [" ".join(t for t in h.split() if t not in held) for h in kept[hist_col]]
-        _write(kept, os.path.join(target_dir, f"{name}.{split}.inter"))
+        write_atomic_file(kept, os.path.join(target_dir, f"{name}.{split}.inter"))
     items = _read(os.path.join(source_dir, f"{dataset}.item"))
     item_col = next(c for c in items.columns if c.startswith("item_id:"))
-    _write(items[~items[item_col].isin(held)], os.path.join(target_dir, f"{name}.item"))
+    write_atomic_file(items[~items[item_col].isin(held)], os.path.join(target_dir, f"{name}.item"))
     shutil.copyfile(os.path.join(source_dir, f"{dataset}.user"), os.path.join(target_dir, f"{name}.user"))
     return removed
 
@@ -87,7 +82,8 @@ def _auc(labels, scores):
 def backbone_scores(scorer, backbone_artifact, pairs):
     """The run's stage-2 ID backbone on the pairs, with every added item as the padding id."""
     from recbole.data.interaction import Interaction
-    from recbole.utils import get_model
+
+    from recbole_cela.model import get_model
 
     config = scorer.config
     backbone = get_model(config["backbone"])(config, scorer.dataset)
@@ -99,7 +95,7 @@ def backbone_scores(scorer, backbone_artifact, pairs):
     with torch.no_grad():
         for start in range(0, len(pairs), 4096):
             chunk = pairs[start : start + 4096]
-            inter = scorer._interaction([p[0] for p in chunk], [p[1] for p in chunk], [p[2] for p in chunk])
+            inter = scorer.interaction([p[0] for p in chunk], [p[1] for p in chunk], [p[2] for p in chunk])
             view = Interaction(dict(inter.interaction))
             for field in (scorer.item_field, scorer.history_field):
                 if field in view.interaction:
@@ -114,9 +110,10 @@ def render(report):
     table = "\n".join(f"| {n} | {a:.4f} | {note} |" if a is not None else f"| {n} | n/a | {note} |"
                       for n, a, note in rows)
     s = r["settings"]
+    note = "\n" + r["note"] if r.get("note") else ""
     return f"""# {r['dataset']}: new items from text alone
 
-Command: `{r['command']}`
+Command: `{r['command']}`{note}
 
 {r['n_items']} items were held out of `{r['dataset']}` entirely (seed {s['seed']}): all their samples were
 removed from train, valid and test, and they were removed from every history and from the item
@@ -191,7 +188,7 @@ def run_benchmark(dataset, n_items, seed, out, overrides, base_dir, command, con
     }
     os.makedirs(out, exist_ok=True)
     atomic_write_json(os.path.join(out, f"{dataset}-new-items.json"), report)
-    atomic_write_text(os.path.join(out, f"{dataset}-new-items.md"), render(report))
+    atomic_write(os.path.join(out, f"{dataset}-new-items.md"), render(report))
     return report
 
 
@@ -202,9 +199,15 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--out", default="docs/benchmarks")
     parser.add_argument("--base_dir", default="dataset", help="datasets folder (the derived one goes here too)")
+    parser.add_argument("--report_only", action="store_true",
+                        help="run nothing: write the markdown again from <out>/<dataset>-new-items.json")
     args, rest = parser.parse_known_args(argv)
+    if args.report_only:
+        report = read_json(os.path.join(args.out, f"{args.dataset}-new-items.json"))
+        atomic_write(os.path.join(args.out, f"{args.dataset}-new-items.md"), render(report))
+        return
     overrides = parse_overrides(rest)
-    command = "python -m recbole_cela.benchmark_new_items " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.new_items " + " ".join(argv if argv is not None else sys.argv[1:])
     sys.argv = sys.argv[:1]  # RecBole's Config reads sys.argv: the overrides go through config_dict
     report = run_benchmark(args.dataset, args.n_items, args.seed, args.out, overrides, args.base_dir, command)
     print(json.dumps(report["rows"], indent=2))

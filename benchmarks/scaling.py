@@ -14,10 +14,11 @@ sample: the first series should grow both, the second only the ID stages. Each c
 fresh CELA run (no stage cache) through the plugin's runner; processes are RecBole's (``run`` with
 ``nproc``).
 
-    python -m recbole_cela.scaling --dataset=ml-100k --factors=1,2,4 --nprocs=1,2 \\
+    python -m benchmarks.scaling --dataset=ml-100k --factors=1,2,4 --nprocs=1,2 \\
         --base_items=0.25 [--key=value ... (CELA / RecBole settings)]
 
-writes ``docs/benchmarks/<dataset>-scaling.{json,md,png}``.
+writes ``docs/benchmarks/<dataset>-scaling.{json,md,png}`` (``--report_only``: the markdown and
+the figure again from that JSON).
 """
 
 import argparse
@@ -31,21 +32,18 @@ import time
 import numpy as np
 import pandas as pd
 
-from recbole_cela.benchmark import atomic_write_json, atomic_write_text
+from benchmarks.common import STAGES
+from recbole_cela.config import build_config
 from recbole_cela.data import prepare_from_config
-from recbole_cela.quick_start import build_config, run
+from recbole_cela.fileio import atomic_open, atomic_write, atomic_write_json, read_json, write_atomic_file
+from recbole_cela.quick_start import run
 from recbole_cela.utils import dataset_config_file, parse_overrides
-
-STAGES = ["dap", "backbone", "align", "table", "fusion"]
 
 
 def _read(path):
-    return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
+    from recbole_cela.fileio import read_atomic_file
 
-
-def _write(frame, path):
-    frame.to_csv(path + ".tmp", sep="\t", index=False, quoting=3)
-    os.replace(path + ".tmp", path)
+    return read_atomic_file(path, keep_types=True)
 
 
 def _col(frame, name):
@@ -104,9 +102,9 @@ def write_dataset(base_dir, name, tables, item, user):
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)
     for split, frame in tables.items():
-        _write(frame, os.path.join(folder, f"{name}.{split}.inter"))
-    _write(item, os.path.join(folder, f"{name}.item"))
-    _write(user, os.path.join(folder, f"{name}.user"))
+        write_atomic_file(frame, os.path.join(folder, f"{name}.{split}.inter"))
+    write_atomic_file(item, os.path.join(folder, f"{name}.item"))
+    write_atomic_file(user, os.path.join(folder, f"{name}.user"))
     return {"items": len(item), "samples": int(sum(len(f) for f in tables.values())), "users": len(user)}
 
 
@@ -153,9 +151,15 @@ def plot(report, path):
     axes[0].set_ylabel("stage wall time (s)")
     axes[0].legend()
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=110)
-    os.replace(path + ".tmp.png", path)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
+
+
+def _cores(report):
+    """The core count of the machine the report was measured on (its ``machine`` line)."""
+    first = str(report.get("machine", "")).split(" ", 1)[0]
+    return int(first) if first.isdigit() else os.cpu_count()
 
 
 def render(report):
@@ -194,7 +198,7 @@ the two lines above stage by stage (the first series multiplies both, the second
 
 ![stage times](./{report['dataset']}-scaling.png)
 
-Caveats: this machine has {os.cpu_count()} cores and other jobs ran beside these runs (1-minute load
+Caveats: this machine has {_cores(report)} cores and other jobs ran beside these runs (1-minute load
 average before/after each run is in the JSON), so single runs carry a timing noise of tens of
 percent. With 2 processes on 2 shared cores (gloo, one thread each) the processes compete for the
 same cores, so the 2-process row measures the distributed path's overhead here, not the speed-up
@@ -215,9 +219,14 @@ def main(argv=None):
     parser.add_argument("--append", action="store_true",
                         help="add these runs to the existing report (e.g. to repeat a run measured under load)")
     parser.add_argument("--config_files", default=None, help="space-separated config files (default: the dataset's)")
+    parser.add_argument("--report_only", action="store_true",
+                        help="run nothing: write the markdown and the figure again from <out>/<dataset>-scaling.json")
     args, rest = parser.parse_known_args(argv)
+    if args.report_only:
+        write_outputs(read_json(os.path.join(args.out, f"{args.dataset}-scaling.json")), args.out)
+        return
     overrides = parse_overrides(rest)
-    command = "python -m recbole_cela.scaling " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.scaling " + " ".join(argv if argv is not None else sys.argv[1:])
     sys.argv = sys.argv[:1]  # RecBole's Config reads sys.argv; settings go through config_dict
 
     files = args.config_files.split() if args.config_files else [f for f in [dataset_config_file(args.dataset)] if f]
@@ -253,8 +262,13 @@ def main(argv=None):
         print(json.dumps(entry), flush=True)
         os.makedirs(args.out, exist_ok=True)
         atomic_write_json(os.path.join(args.out, f"{args.dataset}-scaling.json"), report)  # progress
-    plot(report, os.path.join(args.out, f"{args.dataset}-scaling.png"))
-    atomic_write_text(os.path.join(args.out, f"{args.dataset}-scaling.md"), render(report))
+    write_outputs(report, args.out)
+
+
+def write_outputs(report, out):
+    """The figure and the markdown of a scaling report (its JSON is written as the runs finish)."""
+    plot(report, os.path.join(out, f"{report['dataset']}-scaling.png"))
+    atomic_write(os.path.join(out, f"{report['dataset']}-scaling.md"), render(report))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 r"""Micro-benchmark of CELA's text stages: the plugin's implementation vs a straightforward one.
 
-    python -m recbole_cela.text_cost --dataset=amazon-sports [--items=32] [--out=docs/benchmarks]
+    python -m benchmarks.text_cost --dataset=amazon-sports [--items=32] [--out=docs/benchmarks]
         [--batch_size=32] [--seq_len=256] [--device=cpu|cuda] [--threads=N] [--encoder=FOLDER]
+        [--report_only]
 
 Measured in one process, on the same ``--items`` item texts of the dataset (a seeded sample),
 the same encoder weights and batch size, so the ratios are fair:
@@ -19,7 +20,8 @@ Both training passes do forward + backward + AdamW step with the same loss (SimC
 ``mlm_weight`` x MLM), gradient clipping at 1.0 and no autocast (the plugin's DAP trainer runs
 without AMP too). Each implementation first takes one untimed warm-up step on a few texts.
 Results go to stdout and to a section of ``<out>/<dataset>-text-cost.md`` (+ ``.json``), keyed by
-device, core count, items and batch size (a rerun with the same key replaces its section).
+device, core count, items and batch size (a rerun with the same key replaces its section);
+``--report_only`` writes the markdown again from that JSON.
 
 The default 32 items (one batch) keep a CPU run at a couple of minutes: the straightforward pass
 alone takes about a minute per batch of 32 on 2 cores. Use ``--items=256`` or more on a GPU or a
@@ -39,6 +41,9 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+from benchmarks.common import argv as recbole_argv
+from benchmarks.common import cpu_snapshot, own_cpu
 
 WARMUP_TEXTS = 4
 
@@ -160,7 +165,7 @@ def measure(texts, encoder_path=None, settings=None, batch_size=32, seq_len=256,
     tokenizer = load_tokenizer(encoder_path)
     result = {"items": n, "batch_size": batch_size, "seq_len": seq_len, "device": str(device),
               "settings": dict(settings), "threads": torch.get_num_threads()}
-    cpu_before, own_before, started = _machine_busy(), _own_cpu(), time.perf_counter()
+    cpu_before, own_before, started = cpu_snapshot()[0], own_cpu(), time.perf_counter()
 
     start = time.perf_counter()
     tokenized = TokenizedItems(tokenizer, texts, settings["max_text_length"])
@@ -200,22 +205,9 @@ def measure(texts, encoder_path=None, settings=None, batch_size=32, seq_len=256,
         "encode_max_abs_diff": float((straight_vectors - plugin_vectors).abs().max()),
     })
     elapsed = time.perf_counter() - started
-    other = (_machine_busy() - cpu_before) - (_own_cpu() - own_before)
+    other = (cpu_snapshot()[0] - cpu_before) - (own_cpu() - own_before)
     result["other_cpu_cores"] = max(0.0, other / elapsed) if elapsed > 0 else None
     return result
-
-
-def _machine_busy():
-    from recbole_cela.benchmark import _cpu_snapshot
-
-    return _cpu_snapshot()[0]
-
-
-def _own_cpu():
-    import psutil
-
-    t = psutil.Process().cpu_times()
-    return t.user + t.system
 
 
 def section_key(result):
@@ -223,13 +215,20 @@ def section_key(result):
             f"-b{result['batch_size']}")
 
 
+def _cores(result, key):
+    """The machine's core count the result was measured on (recorded, else from its key)."""
+    found = re.search(r"-(\d+)cores-", key)
+    return result.get("cpu_count") or (int(found.group(1)) if found else os.cpu_count())
+
+
 def render_section(result, key, dataset, command):
     a, b = result["dap_straightforward"], result["dap_plugin"]
+    cores = _cores(result, key)
     ea, eb = result["encode_straightforward"], result["encode_plugin"]
     s = result["settings"]
     lines = [
         f"<!-- text-cost:{key} -->",
-        f"## {result['device']}, {os.cpu_count()} cores, {result['items']} items, batch {result['batch_size']}",
+        f"## {result['device']}, {cores} cores, {result['items']} items, batch {result['batch_size']}",
         "",
         f"- command: `{command}`",
         f"- date: {result['date']}; torch {torch.__version__}, {result['threads']} threads; encoder "
@@ -273,8 +272,32 @@ def render_section(result, key, dataset, command):
     return "\n".join(lines) + "\n"
 
 
+HEADER = ("# Text-stage cost — {dataset}\n\nThroughput of CELA's text stages "
+          "(`python -m benchmarks.text_cost`), one section per device / cores / items / "
+          "batch size.\n\n")
+
+
+def _with_section(text, key, section):
+    """``text`` with the section of ``key`` replaced by ``section`` (appended when absent)."""
+    pattern = re.compile(rf"<!-- text-cost:{re.escape(key)} -->.*?<!-- /text-cost:{re.escape(key)} -->\n?", re.S)
+    if pattern.search(text):
+        return pattern.sub(lambda _: section, text)
+    return text.rstrip("\n") + "\n\n" + section
+
+
+def rewrite_report(out, dataset):
+    """``<out>/<dataset>-text-cost.md`` again from its JSON: the header, then every section."""
+    from recbole_cela.fileio import atomic_write, read_json
+
+    data = read_json(os.path.join(out, f"{dataset}-text-cost.json"))
+    text = HEADER.format(dataset=dataset)
+    for key, result in data.items():
+        text = _with_section(text, key, render_section(result, key, result.get("dataset", dataset), result["command"]))
+    return atomic_write(os.path.join(out, f"{dataset}-text-cost.md"), text)
+
+
 def write_outputs(out, dataset, result, command):
-    from recbole_cela.benchmark import atomic_write_json, atomic_write_text
+    from recbole_cela.fileio import atomic_write, atomic_write_json
 
     os.makedirs(out, exist_ok=True)
     key = section_key(result)
@@ -295,16 +318,8 @@ def write_outputs(out, dataset, result, command):
         with open(md_path) as f:
             text = f.read()
     if not text.strip():
-        text = (f"# Text-stage cost — {dataset}\n\nThroughput of CELA's text stages "
-                "(`python -m recbole_cela.text_cost`), one section per device / cores / items / "
-                "batch size.\n\n")
-    section = render_section(result, key, dataset, command)
-    pattern = re.compile(rf"<!-- text-cost:{re.escape(key)} -->.*?<!-- /text-cost:{re.escape(key)} -->\n?", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    atomic_write_text(md_path, text)
+        text = HEADER.format(dataset=dataset)
+    atomic_write(md_path, _with_section(text, key, render_section(result, key, dataset, command)))
     return md_path, json_path
 
 
@@ -313,12 +328,11 @@ def dataset_texts(dataset, n_items, seed=0):
     import numpy as np
     from recbole.data import create_dataset
 
-    from recbole_cela.benchmark import _argv
+    from recbole_cela.config import build_config
     from recbole_cela.data import prepare_from_config
-    from recbole_cela.quick_start import build_config
     from recbole_cela.text.items import item_texts
 
-    with _argv([]):
+    with recbole_argv([]):
         _, config = build_config("CELA", dataset, None, {})
     prepare_from_config(config)
     texts = item_texts(config, create_dataset(config))
@@ -337,12 +351,17 @@ def parse_args(argv=None):
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--encoder", default=None, help="local HF folder; default: the bundled MiniLM")
     parser.add_argument("--threads", type=int, default=None, help="torch threads; default os.cpu_count()")
+    parser.add_argument("--report_only", action="store_true",
+                        help="measure nothing: write the markdown again from <out>/<dataset>-text-cost.json")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.report_only:
+        print(f"written: {rewrite_report(args.out, args.dataset)}")
+        return
     torch.set_num_threads(args.threads or os.cpu_count())
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     texts, config = dataset_texts(args.dataset, args.items)
@@ -353,7 +372,8 @@ def main(argv=None):
     result["encoder"] = resolve_encoder_path(args.encoder)
     result["dataset"] = args.dataset
     result["date"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    command = "python -m recbole_cela.text_cost " + shlex.join(argv)
+    result["cpu_count"] = os.cpu_count()
+    command = "python -m benchmarks.text_cost " + shlex.join(argv)
     result["command"] = command
     md_path, json_path = write_outputs(args.out, args.dataset, result, command)
     print(f"DAP pass: straightforward {result['dap_straightforward']['items_per_s']:.2f} items/s, "

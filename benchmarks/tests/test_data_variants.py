@@ -2,8 +2,8 @@
 
 import pandas as pd
 
-from recbole_cela.benchmark_new_items import hold_out
-from recbole_cela.scaling import replicate
+from benchmarks.new_items import hold_out
+from benchmarks.scaling import replicate
 
 HEAD = ["user_id:token", "item_id:token", "label:float", "item_id_list:token_seq"]
 

@@ -1,7 +1,7 @@
 r"""Evaluation throughput of CELA against its ID backbone, measured interleaved in one process.
 
-    python -m recbole_cela.eval_cost --dataset=amazon-sports [--rounds=5] [--out=docs/benchmarks]
-        [--key=value ...]   (runner overrides, e.g. --backbone=DeepFM --eval_batch_size=4096)
+    python -m benchmarks.eval_cost --dataset=amazon-sports [--rounds=5] [--out=docs/benchmarks]
+        [--report_only] [--key=value ...]   (runner overrides, e.g. --backbone=DeepFM --eval_batch_size=4096)
 
 The benchmark's per-run throughput divides the test set by one evaluation's wall time, taken in
 different processes at different times; on a shared machine that ratio mostly measures the load.
@@ -10,7 +10,8 @@ Here both models score the same test loader with RecBole's own ``Trainer.evaluat
 are compared. Scoring cost does not depend on the weights, so both models are fresh: CELA gets a
 text table of the right shape (items x encoder width) with random values (the encoder never runs
 at inference; the table is a buffer). Results go to stdout and to
-``<out>/<dataset>-eval-cost.md`` (+ ``.json``).
+``<out>/<dataset>-eval-cost.md`` (+ ``.json``); ``--report_only`` writes the markdown again from
+that JSON (its command and date kept).
 """
 
 import argparse
@@ -28,8 +29,9 @@ def measure(dataset, rounds=5, overrides=None, log=print, config_file_list=None)
     from recbole.data import create_dataset, data_preparation
     from recbole.trainer import Trainer
 
+    from recbole_cela.config import build_config
     from recbole_cela.data import prepare_from_config
-    from recbole_cela.quick_start import build_config
+    from recbole_cela.model.cela import CELA
     from recbole_cela.utils import init_seed
 
     overrides = {"show_progress": False, **(overrides or {})}
@@ -40,7 +42,6 @@ def measure(dataset, rounds=5, overrides=None, log=print, config_file_list=None)
     train, _, test = data_preparation(config, data)
     backbone_name = config["backbone"]
     backbone_class, backbone_config = build_config(backbone_name, dataset, config_file_list, overrides)
-    from recbole_cela.model.cela import CELA
 
     models = {backbone_name: backbone_class(backbone_config, train.dataset), "CELA": CELA(config, train.dataset)}
     torch.manual_seed(0)
@@ -66,10 +67,12 @@ def measure(dataset, rounds=5, overrides=None, log=print, config_file_list=None)
             "device": str(config["device"]), "eval_batch_size": config["eval_batch_size"]}
 
 
-def write_report(result, out, command):
-    base = os.path.join(out, f"{result['dataset']}-eval-cost")
+def write_report(result, out, command, date=None, name=None):
+    """``<out>/<name>-eval-cost.{md,json}`` of a ``measure`` result (``name``: its dataset unless
+    given); ``date`` defaults to now."""
+    base = os.path.join(out, f"{name or result['dataset']}-eval-cost")
     result = {**result, "command": command,
-              "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+              "date": date or datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
     b, m = result["backbone"], result["median_samples_per_s"]
     rows = "\n".join(f"| {k} | {m[k]:,.0f} | " + " ".join(f"{x:,.0f}" for x in v) + " |"
                      for k, v in result["samples_per_s"].items())
@@ -89,9 +92,9 @@ def write_report(result, out, command):
 cost at inference is one row gather from its projected text table per item and the wider item
 representation in {b}'s layers; the encoder never runs.
 """
-    from recbole_cela.benchmark import atomic_write_json, atomic_write_text
+    from recbole_cela.fileio import atomic_write, atomic_write_json
 
-    atomic_write_text(base + ".md", text)
+    atomic_write(base + ".md", text)
     atomic_write_json(base + ".json", result)
     return base + ".md"
 
@@ -102,12 +105,19 @@ def main(argv=None):
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", default="docs/benchmarks")
+    parser.add_argument("--report_only", action="store_true",
+                        help="measure nothing: write the markdown again from <out>/<dataset>-eval-cost.json")
     args, rest = parser.parse_known_args(argv)
+    from recbole_cela.fileio import read_json
     from recbole_cela.utils import parse_overrides
 
+    if args.report_only:
+        result = read_json(os.path.join(args.out, f"{args.dataset}-eval-cost.json"))
+        print(f"report: {write_report(result, args.out, result['command'], result['date'], args.dataset)}")
+        return
     overrides = parse_overrides(rest)
     result = measure(args.dataset, args.rounds, overrides)
-    path = write_report(result, args.out, "python -m recbole_cela.eval_cost " + shlex.join(argv))
+    path = write_report(result, args.out, "python -m benchmarks.eval_cost " + shlex.join(argv))
     print(f"CELA / {result['backbone']} throughput: {result['ratio']:.2f}x; report: {path}")
 
 

@@ -1,0 +1,100 @@
+"""Small pieces the benchmark modules share: statistics, nested lookups, argument lists, CPU load."""
+
+import contextlib
+import math
+import sys
+
+import numpy as np
+
+FIRST_SEED = 2020
+QUICK_ARGS = ["--epochs=1", "--dap_epochs=1", "--align_epochs=1"]
+SPLITS = ["train", "valid", "test"]
+STAGES = ["dap", "backbone", "align", "table", "fusion"]  # CELA's, in order
+FLIP_STAGES = ["pretrain", "id_warmup", "finetune"]
+TEXT_STAGES = ["dap", "align", "table"]
+
+
+def mean_std(values):
+    """(mean, sample std); std is None for one value; (None, None) for none."""
+    values = [float(v) for v in values if v is not None and not _isnan(v)]
+    if not values:
+        return None, None
+    mean = float(np.mean(values))
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return mean, std
+
+
+def _isnan(value):
+    try:
+        return math.isnan(value)
+    except TypeError:
+        return False
+
+
+def mean(values):
+    return mean_std(values)[0]
+
+
+def get(d, *keys):
+    """``d[k1][k2]...``, None where a level is missing or not a dict."""
+    for key in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(key)
+    return d
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def merge_args(*groups):
+    """``--key=value`` lists merged left to right (a later key wins: RecBole rejects a key
+    given twice with different values)."""
+    merged = {}
+    for group in groups:
+        for arg in group:
+            key = arg.split("=", 1)[0]
+            merged.pop(key, None)
+            merged[key] = arg
+    return list(merged.values())
+
+
+@contextlib.contextmanager
+def argv(args):
+    """RecBole's ``Config`` reads ``sys.argv``: give it only the runner overrides we mean."""
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "benchmark", *args]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def cpu_snapshot():
+    """(CPU-seconds busy on the whole machine, CPU-seconds of this process's finished children)."""
+    import resource
+
+    import psutil
+
+    t = psutil.cpu_times()
+    busy = t.user + t.system + getattr(t, "nice", 0) + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return busy, children.ru_utime + children.ru_stime
+
+
+def own_cpu():
+    """CPU-seconds this process has used."""
+    import psutil
+
+    t = psutil.Process().cpu_times()
+    return t.user + t.system
+
+
+def other_cores(before, after, elapsed):
+    """Mean cores used by *other* processes between two ``cpu_snapshot`` (machine busy time minus
+    the finished children's)."""
+    if not elapsed or elapsed <= 0:
+        return None
+    other = (after[0] - before[0]) - (after[1] - before[1])
+    return max(0.0, other / elapsed)

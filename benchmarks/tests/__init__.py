@@ -1,0 +1,1 @@
+"""The benchmarks' tests (part of the suite: pyproject.toml testpaths)."""
