@@ -278,7 +278,8 @@ def diagnostics_rows(agg, cela):
     for n in cela:
         stages = agg[n].get("stages") or {}
         dap = get(stages, "dap", "diagnostics") or {}
-        for key in ("mlm_loss", "alignment", "uniformity"):
+        # A decoder's stage 1 reports its causal-LM loss where an encoder reports the MLM loss.
+        for key in ("mlm_loss", "clm_loss", "alignment", "uniformity"):
             before, after = get(dap, "diagnostics_before", key), get(dap, "diagnostics_after", key)
             if before is not None or after is not None:
                 rows.append([n, f"DAP {key} (lower is better)", _f(before), _f(after), "–"])

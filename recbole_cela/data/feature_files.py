@@ -10,7 +10,7 @@ import os
 import pandas as pd
 
 from recbole_cela.data.problems import DataPreparationError
-from recbole_cela.data.source import is_id, missing_files_error, read_lines
+from recbole_cela.data.source import is_id, missing_files_error, read_tab_lines
 
 ITEM_FEATURE_TYPES = ("token", "token_seq", "float", "float_seq")
 
@@ -56,17 +56,13 @@ def join_item_features(source, specs, problems):
         if name in source.items.columns:
             raise DataPreparationError(f"Item feature '{name}' is already a field of the source's items.")
         filename = os.path.basename(path)
-        lines = pd.Series(read_lines(path, problems), dtype=object)
-        lines.index = lines.index + 1
-        lines = lines[lines.str.strip() != ""]
-        problems.total += len(lines)
-        parts = lines.str.partition("\t")
+        parts = read_tab_lines(path, problems)
         item_ids = parts[0].str.strip()
         values, invalid = _feature_values(parts[2], kind)
         malformed = (parts[1] == "") | (item_ids == "") | invalid
-        problems.add("malformed line", filename, lines.index[malformed])
+        problems.add("malformed line", filename, parts.index[malformed])
         duplicated = ~malformed & item_ids.duplicated()
-        problems.add("duplicate item line", filename, lines.index[duplicated])
+        problems.add("duplicate item line", filename, parts.index[duplicated])
         keep = ~(malformed | duplicated)
         column = pd.Series(values[keep].values, index=item_ids[keep].values).reindex(source.items.index)
         used = column.index.isin(source.inter["item"].unique())

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from recbole_cela.data.source import Source, clean_text, missing_files_error, read_lines
+from recbole_cela.data.source import Source, clean_text, missing_files_error, read_lines, read_tab_lines
 
 
 def sequence_inputs(folder):
@@ -29,17 +29,13 @@ def _read_titles(text_path, problems):
     """item_text.tsv (``ITEM<TAB>TEXT``) as a Series of cleaned texts indexed by item id, in
     file order; malformed and duplicate lines are skipped."""
     text_name = os.path.basename(text_path)
-    lines = pd.Series(read_lines(text_path, problems), dtype=object)
-    lines.index = lines.index + 1
-    lines = lines[lines.str.strip() != ""]
-    problems.total += len(lines)
-    parts = lines.str.partition("\t")
+    parts = read_tab_lines(text_path, problems)
     item_ids, texts = parts[0].str.strip(), clean_text(parts[2].values)
     texts.index = parts.index
     malformed = (parts[1] == "") | (item_ids == "")
-    problems.add("malformed line", text_name, lines.index[malformed])
+    problems.add("malformed line", text_name, parts.index[malformed])
     duplicated = ~malformed & item_ids.duplicated()
-    problems.add("duplicate item line", text_name, lines.index[duplicated])
+    problems.add("duplicate item line", text_name, parts.index[duplicated])
     keep = ~(malformed | duplicated)
     return pd.Series(texts[keep].values, index=item_ids[keep].values)
 

@@ -78,6 +78,16 @@ def read_lines(path, problems, header=False):
     return lines
 
 
+def read_tab_lines(path, problems):
+    """The non-empty lines of an ``ITEM<TAB>VALUE`` file (each counted as read), split at the
+    first tab: a frame of (id, tab, value) indexed by line number (from 1)."""
+    lines = pd.Series(read_lines(path, problems), dtype=object)
+    lines.index = lines.index + 1
+    lines = lines[lines.str.strip() != ""]
+    problems.total += len(lines)
+    return lines.str.partition("\t")
+
+
 def check_utf8(path, why):
     """Stop at the first line of a file that is not UTF-8 text (for a file copied as it is,
     whose lines cannot be skipped; ``why`` says so)."""
