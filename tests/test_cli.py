@@ -103,18 +103,21 @@ RUNNER = [sys.executable, str(REPO / "run_recbole_cela.py")]
                  "text_encoder '.*missing' is not a local Hugging Face model", id="wrong-encoder-folder"),
     pytest.param("recbole-cela", ["--model=CELA", "--epochs=abc", "--text_pooling=max"],  # all named, in one block
                  r"invalid settings:\n  epochs = 'abc': expected \(int >= 1\).*\n"
-                 r"  text_pooling = 'max': expected \(str: mean \| cls\)", id="bad-settings"),
+                 r"  text_pooling = 'max': expected \(str: auto \| mean \| cls \| last\)", id="bad-settings"),
     pytest.param("recbole-cela", ["--model=CELA", "--backbone=NoSuchModel"],
                  "invalid setting backbone = 'NoSuchModel': expected one of the ID models CELA builds on: .*DIN, DINUser",
                  id="unknown-backbone"),
-    pytest.param("recbole-cela-new-items", ["--checkpoint=MISSING", "--items=MISSING", "--history=1"],
+    pytest.param("recbole-cela-new-items", ["--checkpoint=MISSING", "--items=ITEMS", "--history=1"],
                  "No checkpoint '.*missing'", id="new-items-missing-checkpoint"),
 ])
 def test_known_errors_print_one_error_block(run_config, tmp_path, how, args, expected):
     """A known, user-fixable error ends the command with status 1 and one 'error:' block (its
     message), no traceback: from run_recbole_cela.py (one process or two) and both console commands."""
     files, overrides = run_config()
-    args = [a.replace("MISSING", str(tmp_path / "missing")).replace("PORT", free_port()) for a in args]
+    items = tmp_path / "items.tsv"  # a readable items file: the command reads its inputs before the run
+    items.write_text("new1\tA new item's title\n", encoding="utf-8")
+    args = [a.replace("MISSING", str(tmp_path / "missing")).replace("PORT", free_port()).replace("ITEMS", str(items))
+            for a in args]
     if how == "recbole-cela-new-items":
         cmd = command(how) + args
     else:
