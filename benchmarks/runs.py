@@ -13,6 +13,7 @@ run came from the same row, seed and run of it) and whose recorded defaults of
 """
 
 import contextlib
+import functools
 import glob
 import json
 import os
@@ -101,8 +102,42 @@ def stale_defaults(result, args, accept=()):
     for file in (f for f in files if f and os.path.isfile(f)):
         defaults.update({k: v for k, v in read_yaml(file).items() if k in defaults})
     given = {a[2:].split("=", 1)[0] for a in args if a.startswith("--")}
-    return sorted(k for k, v in defaults.items()
-                  if k in recorded and k not in given and k not in accept and recorded[k] != v)
+    stale = [k for k, v in defaults.items()
+             if k in recorded and k not in given and k not in accept and recorded[k] != v]
+    # A default of ~ or auto is decided when the config is built (e.g. text_pooling follows the
+    # encoder's architecture) and the run recorded what it was decided as: compare with what the
+    # same command decides today.
+    deferred = [k for k in stale if defaults[k] is None or defaults[k] == "auto"]
+    if deferred:
+        config = _resolved_config(result.get("model"), result.get("dataset"), tuple(args))
+        if config is not None:
+            stale = [k for k in stale if k not in deferred or recorded[k] != config[k]]
+    return sorted(stale)
+
+
+# Runner flags that are not settings, and settings that decide nothing another setting defaults to.
+_NOT_RESOLVING = {"model", "dataset", "config_files", "nproc", "ip", "port", "world_size", "group_offset",
+                  "seed", "results_dir", "show_progress"}
+
+
+def _resolved_config(model, dataset, args):
+    """The RecBole config the runner builds today for ``args`` (no data is read), or None when it
+    cannot be built any more (the report then compares the props values as written)."""
+    items = tuple(sorted(a for a in args if a.startswith("--") and "=" in a
+                         and a[2:].split("=", 1)[0] not in _NOT_RESOLVING))
+    files = tuple(f for a in args if a.startswith("--config_files=") for f in a.split("=", 1)[1].split())
+    return _build_config(model, dataset, files, items)
+
+
+@functools.lru_cache(maxsize=None)
+def _build_config(model, dataset, files, items):
+    from recbole_cela.config import build_config
+    from recbole_cela.utils import PluginError, parse_overrides
+
+    try:
+        return build_config(model, dataset, list(files) or None, parse_overrides(items))[1]
+    except PluginError:
+        return None
 
 
 def accepted_defaults(result, args, accept):
