@@ -96,7 +96,9 @@ def stale_defaults(result, args, accept=()):
     recorded = result.get("config") or {}
     if not path:
         return []
-    files = [dataset_config_file(result.get("dataset") or "")]
+    # The dataset as the command names it today (a run may have recorded a dataset's former name).
+    dataset = next((a.split("=", 1)[1] for a in args if a.startswith("--dataset=")), result.get("dataset") or "")
+    files = [dataset_config_file(dataset)]
     files += [f for a in args if a.startswith("--config_files=") for f in a.split("=", 1)[1].split()]
     defaults = dict(read_yaml(path))
     for file in (f for f in files if f and os.path.isfile(f)):
@@ -108,16 +110,31 @@ def stale_defaults(result, args, accept=()):
     # encoder's architecture) and the run recorded what it was decided as: compare with what the
     # same command decides today.
     deferred = [k for k in stale if defaults[k] is None or defaults[k] == "auto"]
-    if deferred:
-        config = _resolved_config(result.get("model"), result.get("dataset"), tuple(args))
+    backbone = recorded.get("backbone")
+    if deferred or backbone:
+        config = _resolved_config(result.get("model"), dataset, tuple(args))
         if config is not None:
             stale = [k for k in stale if k not in deferred or recorded[k] != config[k]]
+            if backbone:  # the backbone's own settings (RecBole's and props/<BACKBONE>.yaml) moved too
+                stale += _stale_backbone_settings(recorded, config, backbone, given | set(accept) | set(stale))
     return sorted(stale)
 
 
-# Runner flags that are not settings, and settings that decide nothing another setting defaults to.
+def _stale_backbone_settings(recorded, config, backbone, skip):
+    """Settings of the backbone inside a CELA/FLIP run that the same command resolves otherwise
+    today (e.g. DeepFM's embedding_size once CELA stopped imposing DIN's); keys the run did not
+    record did not exist yet."""
+    from recbole_cela.trainer.stage import backbone_settings
+
+    then = backbone_settings(recorded, backbone)
+    now = backbone_settings(config.final_config_dict, backbone)
+    return [k for k in now if k in then and k not in skip and k not in _NOT_RESOLVING and then[k] != now[k]]
+
+
+# Runner flags that are not settings, settings that decide nothing another setting defaults to,
+# and what RecBole computes from the model type (``repeatable``), not a setting.
 _NOT_RESOLVING = {"model", "dataset", "config_files", "nproc", "ip", "port", "world_size", "group_offset",
-                  "seed", "results_dir", "show_progress"}
+                  "seed", "results_dir", "show_progress", "repeatable"}
 
 
 def _resolved_config(model, dataset, args):

@@ -95,6 +95,27 @@ def test_every_committed_run_is_recognised_by_resume():
 
 
 # --------------------------------------------------------------------------------- resume
+def test_resume_reruns_a_backbone_run_under_other_settings(tmp_path):
+    """A CELA run records the settings its backbone ran with; when the same command resolves
+    them otherwise today (DeepFM's own embedding_size instead of one CELA imposed; a ~ or auto
+    default decided otherwise), the run is not reused, and the keys are named."""
+    from recbole_cela.config import build_config
+
+    path = write_finished(str(tmp_path / "runs"), "CELA-DeepFM", 2020)
+    args = runs.run_args("CELA-DeepFM", DATASET, 2020)
+    with open(path) as f:
+        result = json.load(f)
+    _, config = build_config("CELA", DATASET, config_dict={"backbone": "DeepFM", "text_proj_fields": 1})
+    recorded = {k: v for k, v in config.final_config_dict.items() if isinstance(v, (int, float, str, list, type(None)))}
+    result["config"] = recorded
+    assert runs.stale_defaults(result, args) == []  # as it resolves today: auto recorded resolved
+    assert recorded["text_pooling"] == "mean" and recorded["embedding_size"] == 10
+    result["config"] = {**recorded, "embedding_size": 16, "mlp_hidden_size": [128, 64, 64]}
+    assert runs.stale_defaults(result, args) == ["embedding_size", "mlp_hidden_size"]
+    result["config"] = {**recorded, "text_pooling": "cls"}
+    assert runs.stale_defaults(result, args) == ["text_pooling"]
+
+
 def test_resume_reruns_a_run_made_under_other_props_defaults(tmp_path):
     """Same command, but a default in props/CELA.yaml changed since: the old result is not reused."""
     from recbole_cela.utils import props_file, read_yaml
