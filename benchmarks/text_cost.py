@@ -14,11 +14,12 @@ the same encoder weights and batch size, so the ratios are fair:
     padded to the batch's longest text, length-bucketed by ``ItemTextLoader``, vocabulary logits
     only at the masked positions), top ``text_trainable_layers`` blocks trainable (props/CELA.yaml);
 (c) item encoding for the text table: ``encode_items`` (inference mode, length-sorted batches)
-    vs a padded-to-256 ``no_grad`` loop.
+    vs a padded-to-256 ``no_grad`` loop;
+(d) ``text_amp``: the plugin's DAP pass (b) and encoding (c) in fp32 and under bf16 autocast,
+    alternately, with the cosine between the two precisions' item vectors.
 
-Both training passes do forward + backward + AdamW step with the same loss (SimCSE +
-``mlm_weight`` x MLM), gradient clipping at 1.0 and no autocast (the plugin's DAP trainer runs
-without AMP too). Each implementation first takes one untimed warm-up step on a few texts.
+Both training passes of (a)/(b) do forward + backward + AdamW step with the same loss (SimCSE +
+``mlm_weight`` x MLM), gradient clipping at 1.0 and no autocast; (d) measures autocast apart. Each implementation first takes one untimed warm-up step on a few texts.
 Results go to stdout and to a section of ``<out>/<dataset>-text-cost.md`` (+ ``.json``), keyed by
 device, core count, items and batch size (a rerun with the same key replaces its section);
 ``--report_only`` writes the markdown again from that JSON.
@@ -102,10 +103,11 @@ def straightforward_dap(encoder_path, tokenizer, texts, settings, batch_size, se
     return elapsed, n_trainable
 
 
-def plugin_dap(encoder_path, tokenizer, tokenized, settings, batch_size, device, warmup=True):
-    """Seconds for one training pass of the plugin's DAP over the items of ``tokenized``."""
+def plugin_dap(encoder_path, tokenizer, tokenized, settings, batch_size, device, warmup=True, precision="fp32"):
+    """Seconds for one training pass of the plugin's DAP over the items of ``tokenized``, its
+    forward passes under ``precision`` (``text_amp``: "bf16" autocast, as the DAP trainer runs)."""
     from recbole_cela.model.dap import DomainAdaptivePretraining
-    from recbole_cela.text.encoder import freeze_below, load_encoder
+    from recbole_cela.text.encoder import autocast, freeze_below, load_encoder
     from recbole_cela.data.loaders import ItemTextLoader
 
     encoder = freeze_below(load_encoder(encoder_path, masked_lm=True), settings["text_trainable_layers"])
@@ -116,7 +118,8 @@ def plugin_dap(encoder_path, tokenizer, tokenized, settings, batch_size, device,
 
     def step(batch):
         batch = batch.to(device)
-        losses = model.calculate_loss(batch)
+        with autocast(device, precision):
+            losses = model.calculate_loss(batch)
         loss = sum(losses)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -153,6 +156,42 @@ def straightforward_encode(encoder, tokenizer, texts, pooling, batch_size, seq_l
             out.append(pool(hidden, enc["attention_mask"], pooling).float().cpu())
     _sync(device)
     return time.perf_counter() - start, torch.cat(out)
+
+
+def precision_cost(encoder_path, tokenizer, tokenized, settings, batch_size, device, rounds=3, log=print):
+    """``text_amp``: the plugin's DAP pass and table encoding in fp32 and under bf16 autocast,
+    alternately (fp32, bf16, fp32, ...) so that load changes hit both alike; medians of ``rounds``.
+    Also how close the bf16 item vectors are to the fp32 ones (cosine)."""
+    import statistics
+
+    from recbole_cela.text.encoder import load_encoder, text_precision
+    from recbole_cela.text.items import encode_items
+
+    encoder = load_encoder(encoder_path).to(device)
+    n, times, vectors = len(tokenized), {"fp32": {"dap": [], "encode": []}, "bf16": {"dap": [], "encode": []}}, {}
+    for r in range(rounds):
+        for precision in ("fp32", "bf16"):
+            t_dap, _ = plugin_dap(encoder_path, tokenizer, tokenized, settings, batch_size, device, precision=precision)
+            _sync(device)
+            start = time.perf_counter()
+            vectors[precision] = encode_items(encoder, tokenized, settings["text_pooling"], batch_size, device,
+                                              precision=precision)
+            _sync(device)
+            times[precision]["dap"].append(t_dap)
+            times[precision]["encode"].append(time.perf_counter() - start)
+        log(f"    round {r + 1}/{rounds}: DAP fp32 {times['fp32']['dap'][-1]:.1f}s / bf16 "
+            f"{times['bf16']['dap'][-1]:.1f}s, encoding fp32 {times['fp32']['encode'][-1]:.2f}s / bf16 "
+            f"{times['bf16']['encode'][-1]:.2f}s")
+    med = {p: {k: statistics.median(v) for k, v in t.items()} for p, t in times.items()}
+    cosine = F.cosine_similarity(vectors["fp32"], vectors["bf16"], dim=-1)
+    return {
+        "rounds": rounds, "auto_picks": text_precision("auto", torch.device(device).type),
+        "dap_items_per_s": {p: n / med[p]["dap"] for p in med},
+        "encode_items_per_s": {p: n / med[p]["encode"] for p in med},
+        "dap_speedup": med["fp32"]["dap"] / med["bf16"]["dap"],
+        "encode_speedup": med["fp32"]["encode"] / med["bf16"]["encode"],
+        "cosine_min": float(cosine.min()), "cosine_mean": float(cosine.mean()),
+    }
 
 
 def measure(texts, encoder_path=None, settings=None, batch_size=32, seq_len=256, device="cpu", log=print):
@@ -193,6 +232,8 @@ def measure(texts, encoder_path=None, settings=None, batch_size=32, seq_len=256,
     _sync(device)
     t_c_plugin = time.perf_counter() - start
     log(f"    {n / t_c_straight:.1f} vs {n / t_c_plugin:.1f} items/s")
+    log("(d) text_amp: the plugin's DAP pass and encoding in fp32 vs bf16 autocast, interleaved ...")
+    result["precision"] = precision_cost(encoder_path, tokenizer, tokenized, settings, batch_size, device, log=log)
 
     result.update({
         "dap_straightforward": {"time_s": t_a, "items_per_s": n / t_a, "trainable_params": trainable_a},
@@ -267,8 +308,24 @@ def render_section(result, key, dataset, command):
         f"batch size and loss."
         + (" On a GPU `encode_items` runs under bf16 autocast (as in the plugin), the "
            "straightforward loop in fp32." if str(result["device"]).startswith("cuda") else ""),
-        f"<!-- /text-cost:{key} -->",
     ]
+    amp = result.get("precision")
+    if amp:
+        lines += [
+            "",
+            f"**`text_amp`** — the plugin's own code in fp32 and under bf16 autocast, alternately, median of "
+            f"{amp['rounds']} rounds (`text_amp: auto` picks {amp['auto_picks']} on this device):",
+            "",
+            "| measurement | fp32 (items/s) | bf16 autocast (items/s) | speed-up |",
+            "|---|---|---|---|",
+            f"| DAP training pass | {amp['dap_items_per_s']['fp32']:.2f} | {amp['dap_items_per_s']['bf16']:.2f} | "
+            f"{amp['dap_speedup']:.2f}× |",
+            f"| item encoding for the text table | {amp['encode_items_per_s']['fp32']:.1f} | "
+            f"{amp['encode_items_per_s']['bf16']:.1f} | {amp['encode_speedup']:.2f}× |",
+            "",
+            f"Item vectors, bf16 against fp32: cosine min {amp['cosine_min']:.5f}, mean {amp['cosine_mean']:.5f}.",
+        ]
+    lines.append(f"<!-- /text-cost:{key} -->")
     return "\n".join(lines) + "\n"
 
 

@@ -25,7 +25,7 @@ def test_eval_cost_interleaved(run_config, tiny_encoder, tmp_path):
 
 
 def test_text_cost_core(tiny_encoder, tmp_path):
-    """The three measurements on a tiny random BERT and a few texts; the report section."""
+    """The four measurements on a tiny random BERT and a few texts; the report section."""
     settings = {"text_pooling": "mean", "simcse_temperature": 0.05, "mlm_weight": 0.1,
                 "mlm_probability": 0.15, "text_trainable_layers": 1, "max_text_length": 32,
                 "dap_learning_rate": 5e-5}
@@ -35,11 +35,14 @@ def test_text_cost_core(tiny_encoder, tmp_path):
     assert result["dap_straightforward"]["items_per_s"] > 0 and result["dap_plugin"]["items_per_s"] > 0
     assert result["dap_plugin"]["trainable_params"] < result["dap_straightforward"]["trainable_params"]
     assert result["encode_max_abs_diff"] < 1e-4  # padding does not change the pooled vectors
+    amp = result["precision"]  # fp32 vs bf16 autocast, interleaved: both measured, vectors close
+    assert amp["dap_items_per_s"]["bf16"] > 0 and amp["encode_items_per_s"]["fp32"] > 0
+    assert 0.99 < amp["cosine_min"] <= 1.0 + 1e-6 and amp["auto_picks"] in ("bf16", "fp32")
     result.update(encoder=tiny_encoder, date="today", dataset="x", command="cmd")
     md, _ = text_cost.write_outputs(str(tmp_path), "x", result, "cmd")
     text_cost.write_outputs(str(tmp_path), "x", result, "cmd")  # same key: replaced, not appended
     content = open(md).read()
-    assert content.count("<!-- text-cost:") == 1 and "DAP training pass" in content
+    assert content.count("<!-- text-cost:") == 1 and "DAP training pass" in content and "bf16 autocast" in content
     os.remove(md)
     text_cost.main(["--report_only", "--dataset=x", f"--out={tmp_path}"])  # from the JSON alone
     assert open(md).read() == content
