@@ -1,7 +1,7 @@
 r"""Evaluation throughput of CELA against its ID backbone, measured interleaved in one process.
 
     python -m benchmarks.eval_cost --dataset=amazon-sports [--rounds=5] [--out=docs/benchmarks]
-        [--report_only] [--key=value ...]   (runner overrides, e.g. --backbone=DeepFM --eval_batch_size=4096)
+        [--name=NAME] [--report_only] [--key=value ...]   (runner overrides, e.g. --backbone=DeepFM --eval_batch_size=4096)
 
 The benchmark's per-run throughput divides the test set by one evaluation's wall time, taken in
 different processes at different times; on a shared machine that ratio mostly measures the load.
@@ -105,19 +105,23 @@ def main(argv=None):
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", default="docs/benchmarks")
+    parser.add_argument("--name", default=None,
+                        help="report name, <out>/<name>-eval-cost.md (default: the dataset; another name keeps "
+                             "a measurement under other settings beside it)")
     parser.add_argument("--report_only", action="store_true",
-                        help="measure nothing: write the markdown again from <out>/<dataset>-eval-cost.json")
+                        help="measure nothing: write the markdown again from <out>/<name>-eval-cost.json")
     args, rest = parser.parse_known_args(argv)
+    name = args.name or args.dataset
     from recbole_cela.fileio import read_json
     from recbole_cela.utils import parse_overrides
 
     if args.report_only:
-        result = read_json(os.path.join(args.out, f"{args.dataset}-eval-cost.json"))
-        print(f"report: {write_report(result, args.out, result['command'], result['date'], args.dataset)}")
+        result = read_json(os.path.join(args.out, f"{name}-eval-cost.json"))
+        print(f"report: {write_report(result, args.out, result['command'], result['date'], name)}")
         return
     overrides = parse_overrides(rest)
     result = measure(args.dataset, args.rounds, overrides)
-    path = write_report(result, args.out, "python -m benchmarks.eval_cost " + shlex.join(argv))
+    path = write_report(result, args.out, "python -m benchmarks.eval_cost " + shlex.join(argv), name=name)
     print(f"CELA / {result['backbone']} throughput: {result['ratio']:.2f}x; report: {path}")
 
 
