@@ -62,6 +62,25 @@ def write_result(result, config, run):
     return atomic_write_json(os.path.join(folder, f"{config['model']}-{config['dataset']}-{run}.json"), result)
 
 
+def _test(trainer, config, train_data, test_data, saved):
+    """RecBole's test evaluation, timed, and from the same scoring pass the test AUC per item
+    popularity bucket and over all samples: (test_result, seconds, buckets, overall AUC)."""
+    start = time.time()
+    with RecordedPredictions(trainer.model, config) as record:  # one scoring pass serves both
+        test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    eval_time = time.time() - start
+    popularity = item_popularity(train_data.dataset, config["ITEM_ID_FIELD"], config["LABEL_FIELD"])
+    scores, labels, items = record.arrays()
+    if not config["single_spec"]:
+        # Under DDP each process scores its shard of the test set (RecBole's test_result is the
+        # mean of the shards' metrics); gather every prediction once, by sample index.
+        index = list(test_data.sampler)
+        shards = all_gather_object((index, scores, labels, items))
+        scores, labels, items = gather_by_index(shards, len(test_data.dataset))
+    buckets = auc_by_popularity(scores, labels, items, popularity, config["popularity_buckets"])
+    return test_result, eval_time, buckets, overall_auc(scores, labels)
+
+
 def run_recbole_cela(
     model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None
 ):
@@ -102,26 +121,8 @@ def run_recbole_cela(
     barrier()  # rank 0 has written the best checkpoint before any rank loads it
     fit_time = time.time() - start
 
-    start = time.time()
-    with RecordedPredictions(trainer.model, config) as record:  # one scoring pass serves both
-        test_result = trainer.evaluate(
-            test_data, load_best_model=saved, show_progress=config["show_progress"]
-        )
-    eval_time = time.time() - start
+    test_result, eval_time, buckets, test_auc_all = _test(trainer, config, train_data, test_data, saved)
     n_test = len(test_data.dataset)
-
-    popularity = item_popularity(
-        train_data.dataset, config["ITEM_ID_FIELD"], config["LABEL_FIELD"]
-    )
-    scores, labels, items = record.arrays()
-    if not config["single_spec"]:
-        # Under DDP each process scores its shard of the test set (RecBole's test_result is the
-        # mean of the shards' metrics); gather every prediction once, by sample index.
-        index = list(test_data.sampler)
-        shards = all_gather_object((index, scores, labels, items))
-        scores, labels, items = gather_by_index(shards, n_test)
-    buckets = auc_by_popularity(scores, labels, items, popularity, config["popularity_buckets"])
-    test_auc_all = overall_auc(scores, labels)
 
     logger.info(
         "The running environment of this training is as follows:\n"
