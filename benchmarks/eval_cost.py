@@ -24,6 +24,8 @@ import time
 import numpy as np
 import torch
 
+from benchmarks.common import cpu_snapshot, own_cpu
+
 
 def measure(dataset, rounds=5, overrides=None, log=print, config_file_list=None):
     from recbole.data import create_dataset, data_preparation
@@ -52,19 +54,30 @@ def measure(dataset, rounds=5, overrides=None, log=print, config_file_list=None)
     for trainer in trainers.values():  # untimed warm-up (allocations, CELA's projected table)
         trainer.evaluate(test, load_best_model=False, show_progress=False)
     per_s = {name: [] for name in trainers}
+    cpu_before, own_before, started = cpu_snapshot()[0], own_cpu(), time.perf_counter()
     for r in range(rounds):
         for name, trainer in trainers.items():
             start = time.perf_counter()
             trainer.evaluate(test, load_best_model=False, show_progress=False)
             per_s[name].append(n / (time.perf_counter() - start))
         log(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:,.0f} samples/s" for k, v in per_s.items()))
+    elapsed = time.perf_counter() - started
+    other = ((cpu_snapshot()[0] - cpu_before) - (own_cpu() - own_before)) / elapsed
     median = {name: float(np.median(v)) for name, v in per_s.items()}
-    return {"dataset": dataset, "backbone": backbone_name, "test_samples": n, "rounds": rounds,
+    return {"other_cpu_cores": max(0.0, other), "text_proj_fields": config["text_proj_fields"],"dataset": dataset, "backbone": backbone_name, "test_samples": n, "rounds": rounds,
             "samples_per_s": per_s, "median_samples_per_s": median,
             "ratio": median["CELA"] / median[backbone_name],
             "n_params": {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()},
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
             "device": str(config["device"]), "eval_batch_size": config["eval_batch_size"]}
+
+
+def _load_line(result):
+    """The CELA width and the load the measurement ran under (older results recorded neither)."""
+    if "other_cpu_cores" not in result:
+        return ""
+    return (f"- CELA: text projection {result['text_proj_fields']} field(s) wide; CPU used by other "
+            f"processes while it measured: {result['other_cpu_cores']:.2f} cores on average\n")
 
 
 def write_report(result, out, command, date=None, name=None):
@@ -82,7 +95,7 @@ def write_report(result, out, command, date=None, name=None):
 - date: {result['date']}
 - machine: {result['cpu_count']} CPU cores, {result['threads']} torch threads, torch {result['torch']}, device {result['device']}
 - {result['test_samples']:,} test samples, eval batch size {result['eval_batch_size']}, {result['rounds']} interleaved rounds after one warm-up each
-
+{_load_line(result)}
 | model | median samples/s | rounds |
 |---|---|---|
 {rows}
