@@ -61,6 +61,9 @@ def run_config(ml_slice, tmp_path):
             "epochs": 2,
             "train_batch_size": 256,
             "state": "WARNING",
+            # The slice reads ml-100k's dataset config, which gives CELA the DINUser backbone; the
+            # tests exercise the props default, DIN (DINUser inside CELA: tests/test_din_user.py).
+            "backbone": "DIN",
         }
         config.update(overrides)
         return [str(REPO / "dataset_configs" / "ml-100k.yaml")], config

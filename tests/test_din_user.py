@@ -58,3 +58,13 @@ def test_cela_over_din_user(run_config, tiny_encoder):
         assert not torch.allclose(before, model.predict(_other_users(batch)))  # the user fields count
         model.set_text_table(torch.randn_like(backbone.item_text.text_table))
         assert not torch.allclose(before, model.predict(batch))  # and so does the text
+
+
+def test_ml_100k_gives_cela_the_din_user_backbone():
+    """ml-100k's dataset config chooses DINUser for CELA (its users' features; docs/tuning.md), the
+    props default stays DIN, and the command line still wins."""
+    from recbole_cela.config import build_config
+
+    assert build_config("CELA", "ml-100k")[1]["backbone"] == "DINUser"
+    assert build_config("CELA", "amazon-sports")[1]["backbone"] == "DIN"
+    assert build_config("CELA", "ml-100k", config_dict={"backbone": "DIN"})[1]["backbone"] == "DIN"
