@@ -85,12 +85,16 @@ def test_every_committed_run_is_recognised_by_resume():
     assert len(folders) > 90 and {"ml-100k", "amazon-sports-ids"} <= {f[0] for f in folders}
     for dataset, name, seed, folder in folders:
         args = runs.run_args(name, dataset, seed)
+        # A backbone_from row's command names its source run's checkpoint, compared as the row.
+        from_row = bool(registry.variants()[name].get("backbone_from"))
+        came = runs.read_run_record(folder).get("backbone_from") or {}
+        source = (came["variant"], came["seed"], came["result_file"]) if from_row else None
         recorded = []
         for path in glob.glob(os.path.join(folder, "*.json")):
             with open(path) as f:
                 recorded.append(json.load(f).get("argv", [])[1:])
-        assert runs.comparable(args) in [runs.comparable(a) for a in recorded], folder
-        path, _ = runs.finished_result(folder, args, accept=("text_amp",))
+        assert runs.comparable(args, from_row) in [runs.comparable(a, from_row) for a in recorded], folder
+        path, _ = runs.finished_result(folder, args, accept=("text_amp",), source=source)
         assert path is not None, folder
 
 
