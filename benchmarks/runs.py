@@ -85,7 +85,8 @@ def read_run_record(folder):
 # --------------------------------------------------------------------------------- resume
 def stale_defaults(result, args, accept=()):
     """Keys of ``props/<MODEL>.yaml`` whose default changed since ``result`` ran: the run recorded
-    another value and ``args`` do not set the key, so the same command now runs something else.
+    another value and ``args`` do not set the key, so the same command now runs something else;
+    for a run over a backbone (CELA), also the backbone's own settings that resolve otherwise today.
     A key's default is the props value, or that of the dataset config or of a file of the
     command's ``--config_files`` where they set the key too. (A key the run did not record did not
     exist yet: it ran what is now that key's default.) Keys in ``accept`` are not checked (the
@@ -131,10 +132,11 @@ def _stale_backbone_settings(recorded, config, backbone, skip):
     return [k for k in now if k in then and k not in skip and k not in _NOT_RESOLVING and then[k] != now[k]]
 
 
-# Runner flags that are not settings, settings that decide nothing another setting defaults to,
-# and what RecBole computes from the model type (``repeatable``), not a setting.
+# Runner flags that are not settings, settings that decide nothing another setting defaults to
+# (paths among them: a backbone_checkpoint from another machine), and what RecBole computes from
+# the model type (``repeatable``), not a setting.
 _NOT_RESOLVING = {"model", "dataset", "config_files", "nproc", "ip", "port", "world_size", "group_offset",
-                  "seed", "results_dir", "show_progress", "repeatable"}
+                  "seed", "results_dir", "show_progress", "backbone_checkpoint", "repeatable"}
 
 
 def _resolved_config(model, dataset, args):
