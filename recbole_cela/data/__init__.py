@@ -4,6 +4,7 @@
 
 import os
 
+from recbole_cela.data import convert
 from recbole_cela.data.convert import (
     AMAZON_2014_URL,
     AMAZON_2018_URL,
@@ -14,16 +15,7 @@ from recbole_cela.data.convert import (
     prepare_dataset,
 )
 
-__all__ = [
-    "AMAZON_2014_URL",
-    "AMAZON_2018_URL",
-    "FORMAT_VERSION",
-    "ITEM_FEATURE_TYPES",
-    "SOURCE_FORMATS",
-    "DataPreparationError",
-    "prepare_dataset",
-    "prepare_from_config",
-]
+__all__ = [*convert.__all__, "prepare_from_config"]
 
 
 def prepare_from_config(config, logger=None):

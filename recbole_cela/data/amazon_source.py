@@ -89,61 +89,63 @@ def _gzip_lines(path):
         raise unreadable_error(path, error) from None
 
 
-def _read_reviews(path, problems):
-    users, items, times, numbers, bad, not_utf8 = [], [], [], [], [], []
+def _parsed_lines(path, problems, parse, errors, wanted=None):
+    """(line number, ``parse(line)``) of the non-empty lines of a json.gz file, each counted as
+    read; a line that is not UTF-8 or that ``parse`` rejects with one of ``errors`` is skipped and
+    counted (once the file is read). ``wanted``: lines it refuses are neither parsed nor counted."""
+    bad, not_utf8 = [], []
     for number, line in _gzip_lines(path):
-        if not line.strip():
+        if not line.strip() or (wanted is not None and not wanted(line)):
             continue
         problems.total += 1
         if undecodable(line):
             not_utf8.append(number)
             continue
         try:
-            review = json.loads(line)
-            user, item = review["reviewerID"], review["asin"]
-            when = float(review["unixReviewTime"])
-            if not (is_id(user) and is_id(item)):
-                raise ValueError
-        except (ValueError, KeyError, TypeError):
+            parsed = parse(line)
+        except errors:
             bad.append(number)
             continue
-        users.append(user)
-        items.append(item)
-        times.append(when)
-        numbers.append(number)
+        yield number, parsed
     problems.add("malformed line", os.path.basename(path), bad)
     problems.add(NOT_UTF8, os.path.basename(path), not_utf8)
-    inter = pd.DataFrame({"user": users, "item": items, "time": times}, index=numbers)
-    return inter
+
+
+def _review(line):
+    """(user, item, time) of a review line; ValueError / KeyError / TypeError when malformed."""
+    review = json.loads(line)
+    user, item = review["reviewerID"], review["asin"]
+    when = float(review["unixReviewTime"])
+    if not (is_id(user) and is_id(item)):
+        raise ValueError
+    return user, item, when
+
+
+def _read_reviews(path, problems):
+    numbers, rows = [], []
+    for number, row in _parsed_lines(path, problems, _review, (ValueError, KeyError, TypeError)):
+        numbers.append(number)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["user", "item", "time"], index=numbers)
 
 
 def _read_meta(path, needed, release, problems):
     """Meta records of the ``needed`` items; lines of other items are not parsed (nor counted,
     even when they are not UTF-8)."""
     parse = ast.literal_eval if release == "2014" else json.loads
-    records, bad, not_utf8 = [], [], []
-    for number, line in _gzip_lines(path):
-        if not line.strip():
-            continue
+
+    def record(line):
+        parsed = parse(line)
+        if not isinstance(parsed, dict) or not is_id(parsed.get("asin")):
+            raise ValueError
+        return parsed
+
+    def wanted(line):
         asins = _ASIN_PATTERN.findall(line)
-        if asins and not needed.intersection(asins):
-            continue
-        problems.total += 1
-        if undecodable(line):
-            not_utf8.append(number)
-            continue
-        try:
-            record = parse(line)
-            if not isinstance(record, dict) or not is_id(record.get("asin")):
-                raise ValueError
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            bad.append(number)
-            continue
-        if record["asin"] in needed:
-            records.append(record)
-    problems.add("malformed line", os.path.basename(path), bad)
-    problems.add(NOT_UTF8, os.path.basename(path), not_utf8)
-    return records
+        return not asins or bool(needed.intersection(asins))
+
+    errors = (ValueError, SyntaxError, TypeError, MemoryError, RecursionError)
+    return [r for _, r in _parsed_lines(path, problems, record, errors, wanted) if r["asin"] in needed]
 
 
 def _amazon_price(value, release):
