@@ -1,10 +1,12 @@
 """FLIP: prompts, pretraining objectives, fine-tuning strategies and stage caching, on the ml-100k
 slice with a tiny random BERT (the real MiniLM tokenizer)."""
 
+import os
+
 import pytest
 import torch
 
-from recbole_cela.model.flip import TabularView
+from recbole_cela.model.flip import TabularView, check_backbone
 from recbole_cela.model.flip_pretrain import FLIPPretraining
 from recbole_cela.quick_start import run_recbole_cela
 from recbole_cela.text.encoder import load_encoder, load_tokenizer
@@ -28,10 +30,8 @@ def pretraining(config, train, tiny_encoder, **switches):
     for key in ("flip_mlm", "flip_mtm", "flip_icl"):
         config[key] = switches.get(key, False)
     name = config["flip_backbone"]
-    from recbole.utils import get_model
-
     torch.manual_seed(0)
-    tabular = TabularView(get_model(name)(config, train.dataset), name)
+    tabular = TabularView(check_backbone(name)(config, train.dataset), name)
     tokenizer = load_tokenizer(tiny_encoder)
     model = FLIPPretraining(FLIPPretrainTrainer.settings(config), tabular, load_encoder(tiny_encoder, masked_lm=True), tokenizer, train.dataset)
     prompts = build_prompts(config, train.dataset, tokenizer)
@@ -161,7 +161,7 @@ def test_masked_fields_recovered_from_the_text(run_config, tiny_encoder):
     assert broken["mtm_accuracy"] < after["mtm_accuracy"] - 0.05, (after, broken)
 
 
-@pytest.mark.parametrize("backbone", ["DCNV2", "DeepFM", "AutoInt"])
+@pytest.mark.parametrize("backbone", ["DCNV2", "DeepFM", "AutoInt", "DIN", "DINUser"])
 def test_backbones_views_and_losses(run_config, tiny_encoder, backbone):
     config, model, train, _, test = setup(run_config, tiny_encoder, flip_backbone=backbone, flip_finetune="id")
     batch = next(iter(train))
@@ -286,10 +286,60 @@ def test_stage_caching_and_invalidation(run_config, tiny_encoder):
     assert stages_run(trainer) == {"finetune"}
 
 
+def test_id_strategy_is_the_joint_runs_id_model_and_seeds_share_the_pretraining(run_config, tiny_encoder):
+    files, overrides = run_config(text_encoder=tiny_encoder, **FAST)
+    idonly = run_recbole_cela("FLIP", "ml-tiny", files, {**overrides, "flip_finetune": "id"})
+    # The id strategy is stage id_warmup: its checkpoint holds that stage's backbone and its valid
+    # result is that stage's.
+    warm_path = idonly["stages"]["id_warmup"]["artifact"]
+    warm = torch.load(os.path.join(warm_path, "model.pth"), weights_only=True)
+    tested = torch.load(idonly["checkpoint"], weights_only=True)["state_dict"]
+    assert all(torch.equal(tested[f"tabular.backbone.{k}"], v) for k, v in warm["state_dict"].items())
+    assert idonly["best_valid_result"]["auc"] == pytest.approx(warm["valid"]["auc"])
+    # The joint run of the same seed starts from exactly that model (reused, not trained again).
+    config, model, train, valid, _ = setup(run_config, tiny_encoder)
+    trainer = FLIPTrainer(config, model)
+    trainer.fit(train, valid, saved=False)
+    assert stages_run(trainer) == {"finetune"} and trainer.stage_report["id_warmup"]["artifact"] == warm_path
+    # Another seed: its own ID model, the same pretraining (flip_pretrain_seed); ~ ties it to the seed.
+    config, model, train, valid, _ = setup(run_config, tiny_encoder, seed=7, flip_finetune="id")
+    trainer = FLIPTrainer(config, model)
+    trainer.fit(train, valid, saved=False)
+    assert stages_run(trainer) == {"id_warmup", "finetune"}  # finetune: loading that stage's model
+    config, model, train, valid, _ = setup(run_config, tiny_encoder, seed=7, flip_finetune="id", flip_pretrain_seed=None)
+    trainer = FLIPTrainer(config, model)
+    trainer.fit(train, valid, saved=False)
+    assert stages_run(trainer) == {"pretrain", "id_warmup", "finetune"}
+
+
+def test_scoring_buckets_prompts_by_length_and_keeps_the_order(run_config, tiny_encoder):
+    config, model, train, _, test = setup(run_config, tiny_encoder, flip_finetune="text", flip_text_batch_size=4,
+                                          text_amp=False)  # fp32: padding changes nothing but rounding
+    prompts = build_prompts(config, train.dataset, load_tokenizer(tiny_encoder))
+    model.set_prompts(prompts)
+    torch.nn.init.normal_(model.text_head[-1].weight)  # the text logit starts at 0: give it a value
+    model.eval()
+    batch = next(iter(test))[0]
+    lengths = prompts.lengths(batch)
+    assert lengths.tolist() == [len(r) for r in prompts.token_rows(batch)] and len(set(lengths.tolist())) > 1
+    bucketed = model.text_logit(batch)
+    # Each prompt alone (no padding at all) gives its own logit, in the batch's order.
+    alone = torch.cat([model.text_logit(batch[[n]]) for n in range(len(batch))])
+    assert torch.allclose(bucketed, alone, atol=1e-4)
+    # Training batches of similar length: less padding than the same rows in random batches.
+    loader = SampledLoader(train, torch.arange(256), 16, shuffle=True, seed=1, prompts=prompts, lengths=prompts.lengths)
+    plain = SampledLoader(train, torch.arange(256), 16, shuffle=True, seed=1, prompts=prompts)
+    assert sum(len(b) for b in loader) == 256
+    padding = [sum(int((b["attention_mask"] == 0).sum()) for b in x) for x in (loader, plain)]
+    assert padding[0] < padding[1] / 2
+    rows = sorted(int(r) for b in loader for r in b["input_ids"][:, 1])  # the same rows (their first tokens)
+    assert rows == sorted(int(r) for b in plain for r in b["input_ids"][:, 1])
+
+
 def test_bad_settings(run_config, tiny_encoder):
     # Refused while the config is built, naming the key, the value and the allowed values.
-    with pytest.raises(PluginConfigError, match="flip_backbone = 'DIN': expected one of .*: DCNV2, DeepFM, AutoInt"):
-        setup(run_config, tiny_encoder, flip_backbone="DIN")
+    with pytest.raises(PluginConfigError, match="flip_backbone = 'DIEN': expected one of .*: DCNV2, DeepFM, AutoInt, DIN, DINUser"):
+        setup(run_config, tiny_encoder, flip_backbone="DIEN")
     with pytest.raises(PluginConfigError, match=r"flip_finetune = 'both': expected \(str: joint \| id \| text\)"):
         setup(run_config, tiny_encoder, flip_finetune="both")
     config, model, train, valid, _ = setup(run_config, tiny_encoder, flip_id_warmup=False)

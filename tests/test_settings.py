@@ -84,7 +84,7 @@ def test_a_key_is_checked_only_where_a_read_file_declares_it(run_config):
 
 @pytest.mark.parametrize("model, key, allowed, not_allowed", [
     ("CELA", "backbone", ["DIN", "DINUser", "DeepFM", "DCNV2", "xDeepFM"], ["CELA", "FLIP", "DIEN"]),
-    ("FLIP", "flip_backbone", ["DCNV2", "DeepFM", "AutoInt"], ["DIN", "CELA"]),
+    ("FLIP", "flip_backbone", ["DCNV2", "DeepFM", "AutoInt", "DIN", "DINUser"], ["DIEN", "CELA"]),
 ])
 def test_an_unknown_backbone_names_its_key_and_the_backbones(run_config, model, key, allowed, not_allowed):
     files, overrides = run_config(**{key: "NoSuchModel"})

@@ -87,14 +87,21 @@ class SampledLoader:
     ``pool``: row indices of ``data.dataset``; ``per_epoch``: rows drawn (without replacement,
     seeded by ``seed`` + epoch) from the pool each epoch, ``None`` for the whole pool shuffled.
     With ``prompts`` each batch also carries ``input_ids`` / ``attention_mask``.
+
+    ``lengths`` (a function of a collated batch: each row's prompt length) buckets batches as
+    :class:`ItemTextLoader` does: the epoch's rows, in their shuffled order, are sorted by length
+    inside windows of ``bucket`` batches, and the batches are then shuffled, so each batch pads
+    to little more than its own rows' length while batch order and content still change per epoch.
     """
 
-    def __init__(self, data, pool, batch_size, shuffle=True, seed=0, per_epoch=None, prompts=None):
+    def __init__(self, data, pool, batch_size, shuffle=True, seed=0, per_epoch=None, prompts=None,
+                 lengths=None, bucket=50):
         self.data, self.pool = data, torch.as_tensor(pool)
         self.dataset = data.dataset
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.per_epoch = None if per_epoch is None or per_epoch >= len(self.pool) else per_epoch
         self.prompts = prompts
+        self.lengths, self.bucket = lengths, bucket
         self.epoch = 0
 
     def __len__(self):
@@ -112,9 +119,26 @@ class SampledLoader:
             rows = rows[torch.randperm(len(rows), generator=generator)]
         return rows[: self.per_epoch] if self.per_epoch else rows
 
+    def _batches(self):
+        """Collated batches of this epoch, bucketed by prompt length when ``lengths`` is set."""
+        rows = self.rows()
+        if self.lengths is None:
+            for index in torch.split(rows, self.batch_size):
+                yield self.data.collate_fn(index.numpy())
+            return
+        generator = torch.Generator().manual_seed(self.seed + self.epoch + 7919)
+        windows = torch.split(rows, self.batch_size * self.bucket)
+        for window in windows:
+            collated = self.data.collate_fn(window.numpy())
+            order = torch.argsort(self.lengths(collated), stable=True)
+            batches = list(torch.split(order, self.batch_size))
+            if self.shuffle:
+                batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+            for index in batches:
+                yield collated[index]
+
     def __iter__(self):
-        for index in torch.split(self.rows(), self.batch_size):
-            batch = self.data.collate_fn(index.numpy())
+        for batch in self._batches():
             if self.prompts is not None:
                 input_ids, attention_mask = self.prompts(batch)
                 batch.update(Interaction({"input_ids": input_ids, "attention_mask": attention_mask}))

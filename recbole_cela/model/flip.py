@@ -1,7 +1,7 @@
 r"""FLIP (earlier ALT): fine-grained alignment of an ID-based CTR model and a PLM (arXiv 2310.19453).
 
-Each interaction is seen twice: as ID fields by a RecBole context-aware backbone (``flip_backbone``:
-DCNV2, the official default, DeepFM or AutoInt) and as a hard-prompt sentence
+Each interaction is seen twice: as ID fields by an ID backbone (``flip_backbone``: DCNV2, the
+official default, DeepFM, AutoInt, RecBole's DIN or the plugin's DINUser) and as a hard-prompt sentence
 (:mod:`recbole_cela.text.prompts`) by a text encoder. Pretraining aligns the two views
 (:mod:`recbole_cela.model.flip_pretrain`, run by :class:`recbole_cela.trainer.FLIPTrainer`); this
 class is the *fine-tuned* model that RecBole trains and evaluates, with ``flip_finetune``:
@@ -16,35 +16,44 @@ class is the *fine-tuned* model that RecBole trains and evaluates, with ``flip_f
   ml-100k: valid AUC fell from 0.791 to 0.784 after the first epoch).
 
 The text strategies build each batch's prompts on the fly from RecBole's interaction (user id,
-item id, history), so ``predict`` works on RecBole's own evaluation batches.
+item id, history), so ``predict`` works on RecBole's own evaluation batches. The encoder reads
+them in chunks of prompts of similar length (a batch sorted by prompt length, so a chunk pads to
+its own longest prompt), under bf16 autocast where ``text_amp`` resolves to bf16, and in inference
+mode when the model is not training.
 """
 
 import torch
 import torch.nn as nn
 from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import InputType, ModelType
-from recbole.utils import get_model as recbole_get_model
 
-from recbole_cela.text.encoder import encode, encoder_config, freeze_below, is_decoder, load_encoder, resolve_encoder_path
+from recbole_cela.model.backbones import get_backbone
+from recbole_cela.text.encoder import (autocast, encode, encoder_config, freeze_below, is_decoder, load_encoder,
+                                       resolve_encoder_path, text_precision)
 from recbole_cela.utils import PluginConfigError
 
 # Backbone -> its final linear layer(s): their input is the backbone's sample representation.
-BACKBONE_HEADS = {"DCNV2": ("predict_layer",), "DeepFM": ("deep_predict_layer",), "AutoInt": ("attn_fc", "deep_predict_layer")}
+BACKBONE_HEADS = {
+    "DCNV2": ("predict_layer",), "DeepFM": ("deep_predict_layer",), "AutoInt": ("attn_fc", "deep_predict_layer"),
+    "DIN": ("dnn_predict_layers",), "DINUser": ("dnn_predict_layers",),
+}
 STRATEGIES = ("joint", "id", "text")
 
 
 def check_backbone(name):
     if name not in BACKBONE_HEADS:
         raise PluginConfigError(f"flip_backbone '{name}' is not supported by FLIP: use one of {', '.join(BACKBONE_HEADS)}.")
-    return recbole_get_model(name)
+    return get_backbone(name)
 
 
 class TabularView(nn.Module):
     """A RecBole backbone run unchanged, returning its logit and its sample representation.
 
     The representation is the input of the backbone's final linear layer(s) (DCNV2: the stacked
-    cross/deep output; DeepFM: the deep part; AutoInt: attention and deep parts), captured with
-    forward hooks, so RecBole's forward is reused as is.
+    cross/deep output; DeepFM: the deep part; AutoInt: attention and deep parts; DIN / DINUser: the
+    output of the MLP over [(profile,) interest, target, interest * target]), captured with
+    forward hooks, so RecBole's forward is reused as is. DIN's forward takes the user, history and
+    target tensors rather than the interaction: they are read from it by DIN's own field names.
     """
 
     def __init__(self, backbone, name):
@@ -54,13 +63,28 @@ class TabularView(nn.Module):
         self.dim = sum(getattr(backbone, n).in_features for n in self.head_names)
         # DCNV2's forward returns probabilities (BCELoss), DeepFM's and AutoInt's logits.
         self.outputs_probability = isinstance(backbone.loss, nn.BCELoss)
+        self.sequential = hasattr(backbone, "ITEM_SEQ")  # DIN's forward(user, item_seq, item_seq_len, next_items)
+
+    def token_fields(self):
+        """The single-valued ID fields of the interaction the backbone reads (what MTM masks): a
+        context model's token fields; DIN's user id and target item (masking one masks every
+        feature the backbone looks up by it)."""
+        if self.sequential:
+            return [self.backbone.USER_ID, self.backbone.POS_ITEM_ID]
+        return list(self.backbone.token_field_names)
+
+    def _backbone_forward(self, interaction):
+        if not self.sequential:
+            return self.backbone.forward(interaction)
+        b = self.backbone
+        return b.forward(interaction[b.USER_ID], interaction[b.ITEM_SEQ], interaction[b.ITEM_SEQ_LEN], interaction[b.POS_ITEM_ID])
 
     def forward(self, interaction):
         captured = []
         hooks = [getattr(self.backbone, n).register_forward_hook(lambda m, inputs, out: captured.append(inputs[0]))
                  for n in self.head_names]
         try:
-            out = self.backbone.forward(interaction)
+            out = self._backbone_forward(interaction)
         finally:
             for h in hooks:
                 h.remove()
@@ -108,6 +132,7 @@ class FLIP(AbstractRecommender):
         self.tabular = TabularView(check_backbone(name)(config, dataset), name)
         self.text_batch_size = config["flip_text_batch_size"]
         self.pooling = config["text_pooling"]
+        self.precision = text_precision(config["text_amp"], torch.device(config["device"]).type)
         self.prompts = None  # InteractionPrompts, set by the trainer (set_prompts)
         self.encoder = None
         if self.strategy != "id":
@@ -143,13 +168,18 @@ class FLIP(AbstractRecommender):
         if self.prompts is None:
             raise RuntimeError("FLIP's text strategies need prompts: FLIPTrainer sets them (model.set_prompts).")
         device = next(self.encoder.parameters()).device
+        rows = self.prompts.token_rows(interaction)
+        order = sorted(range(len(rows)), key=lambda n: len(rows[n]))  # chunks of similar length
         logits = []
-        for start in range(0, len(interaction), self.text_batch_size):
-            chunk = interaction[start : start + self.text_batch_size]
-            input_ids, attention_mask = (t.to(device) for t in self.prompts(chunk))
-            vectors = encode(self.encoder, input_ids, attention_mask, self.pooling)
-            logits.append(self.text_head(vectors).squeeze(-1))
-        return torch.cat(logits)
+        with torch.inference_mode(not self.training), autocast(device, self.precision):
+            for start in range(0, len(order), self.text_batch_size):
+                chunk = [rows[n] for n in order[start : start + self.text_batch_size]]
+                input_ids, attention_mask = (t.to(device) for t in self.prompts.padded(chunk))
+                vectors = encode(self.encoder, input_ids, attention_mask, self.pooling)
+                logits.append(self.text_head(vectors).squeeze(-1).float())
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        return torch.cat(logits)[inverse.to(device)]
 
     def forward(self, interaction):
         """The logit of each interaction under the fine-tuning strategy."""

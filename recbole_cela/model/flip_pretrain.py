@@ -54,7 +54,7 @@ class FLIPPretraining(nn.Module):
 
         # MTM over the backbone's single-valued token fields.
         backbone = tabular.backbone
-        self.fields = list(backbone.token_field_names)
+        self.fields = tabular.token_fields()
         self.vocab = [dataset.num(f) for f in self.fields]
         self.mtm_probability = settings["flip_mtm_probability"]
         self.noise = settings["flip_mtm_noise"]

@@ -129,9 +129,20 @@ class PromptBuilder:
             text += " history: " + "; ".join(self.title_text[h] for h in kept) + "."
         return text
 
+    def length(self, user, item, history):
+        """Tokens of ``ids(user, item, history)``, without building them."""
+        head, kept = self._parts(user, item, history)
+        if not kept:
+            return len(head) + 2
+        titles = sum(len(self.title[h]) for h in kept) + len(self.sep) * (len(kept) - 1)
+        return len(head) + 2 + len(self.history_head) + titles + len(self.end)
+
     def batch(self, users, items, histories):
         """Padded ``input_ids`` and ``attention_mask`` [B, longest prompt of the batch]."""
-        rows = [self.ids(u, i, h) for u, i, h in zip(users, items, histories)]
+        return self.padded([self.ids(u, i, h) for u, i, h in zip(users, items, histories)])
+
+    def padded(self, rows):
+        """Token id lists -> padded ``input_ids`` and ``attention_mask`` [B, longest of them]."""
         width = max(len(r) for r in rows)
         input_ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -153,20 +164,32 @@ class InteractionPrompts:
         """RecBole's left-aligned, zero-padded, oldest-first histories -> most recent first."""
         return [[v for v in reversed(row) if v != 0] for row in seq.tolist()]
 
-    def __call__(self, interaction):
+    def _parts(self, interaction):
         users = interaction[self.user_field].tolist()
         items = interaction[self.item_field].tolist()
         if self.history_field and self.history_field in interaction:
             histories = self.histories(interaction[self.history_field])
         else:
             histories = [[] for _ in items]
-        return self.builder.batch(users, items, histories)
+        return zip(users, items, histories)
+
+    def __call__(self, interaction):
+        """Padded ``input_ids`` and ``attention_mask`` of the interaction's prompts, in its order."""
+        return self.padded(self.token_rows(interaction))
+
+    def token_rows(self, interaction):
+        """The token ids of each interaction's prompt (lists, not padded)."""
+        return [self.builder.ids(u, i, h) for u, i, h in self._parts(interaction)]
+
+    def lengths(self, interaction):
+        """Each prompt's length in tokens (what bucketing sorts by)."""
+        return torch.tensor([self.builder.length(u, i, h) for u, i, h in self._parts(interaction)])
+
+    def padded(self, rows):
+        return self.builder.padded(rows)
 
     def sentences(self, interaction):
-        users = interaction[self.user_field].tolist()
-        items = interaction[self.item_field].tolist()
-        histories = self.histories(interaction[self.history_field]) if self.history_field else [[] for _ in items]
-        return [self.builder.sentence(u, i, h) for u, i, h in zip(users, items, histories)]
+        return [self.builder.sentence(u, i, h) for u, i, h in self._parts(interaction)]
 
 
 def prompt_settings(config):

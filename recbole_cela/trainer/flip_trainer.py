@@ -1,9 +1,16 @@
 """FLIP's trainer: runs (or reuses) pretraining, then fine-tunes with the chosen strategy.
 
 Stage pretrain   FLIPPretrainTrainer  backbone + encoder <- MLM / MTM / contrast   artifact: HF folder + backbone.pth
-Stage id_warmup  RecBole Trainer      (joint only) the pretrained backbone on all   artifact: backbone.pth
-                                      CTR interactions, before the text tower joins
-Stage finetune   this Trainer         FLIP with flip_finetune = id | text | joint   RecBole checkpoint
+Stage id_warmup  RecBole Trainer      the (pretrained) backbone fine-tuned alone on   artifact: model.pth
+                                      every CTR interaction: the ``id`` strategy's
+                                      model, and ``joint``'s start
+Stage finetune   this Trainer         FLIP with flip_finetune = text | joint        RecBole checkpoint
+
+The ``id`` strategy *is* stage ``id_warmup``: its run and a joint run of the same seed share that
+artifact, so the joint model starts from exactly the ID model it is compared with, and one of the
+two runs pays for it. Pretraining is seeded by ``flip_pretrain_seed`` (not the run's seed) when
+that is set, so runs of several seeds fine-tune one pretrained artifact, as they would a
+published checkpoint.
 
 Artifacts are cached under ``flip_dir`` (default ``<checkpoint_dir>/flip/<dataset>``) by the
 staged-trainer base CELA's trainer uses too (:mod:`recbole_cela.trainer.stage`): keyed by the data,
@@ -33,6 +40,12 @@ from recbole_cela.trainer.text_stage import TextStageTrainer
 from recbole_cela.utils import PluginConfigError
 
 
+def pretrain_seed(config):
+    """The seed of FLIP's pretraining: ``flip_pretrain_seed``, or the run's ``seed`` when it is ~."""
+    seed = config["flip_pretrain_seed"]
+    return config["seed"] if seed is None else seed
+
+
 class FLIPPretrainTrainer(TextStageTrainer):
     """RecBole's epoch loop over prompt batches; validation = the held-out pretraining loss."""
 
@@ -60,7 +73,7 @@ class FLIPPretrainTrainer(TextStageTrainer):
             "batch_size": config["flip_pretrain_batch_size"],
             "trainable_layers": config["flip_trainable_layers"],
             "precision": text_precision(config["text_amp"], torch.device(config["device"]).type),
-            "seed": config["seed"],
+            "seed": pretrain_seed(config),
         }
 
     def _build_optimizer(self, **kwargs):
@@ -115,15 +128,18 @@ class FLIPTrainer(StagedTrainer):
         rows = rows[:n]
         n_valid = max(1, int(round(settings["valid_ratio"] * n)))
         batch = settings["batch_size"]
-        train = SampledLoader(train_data, rows[n_valid:], batch, shuffle=True, seed=seed, prompts=self.prompts)
-        valid = SampledLoader(train_data, rows[:n_valid], batch, shuffle=False, prompts=self.prompts)
+        lengths = self.prompts.lengths
+        train = SampledLoader(train_data, rows[n_valid:], batch, shuffle=True, seed=seed, prompts=self.prompts, lengths=lengths)
+        valid = SampledLoader(train_data, rows[:n_valid], batch, shuffle=False, prompts=self.prompts, lengths=lengths)
         return train, valid
 
     # ----------------------------------------------------------------------------- stages
     def stage_pretrain(self, train_data):
         name = self.config["flip_backbone"]
         own = FLIPPretrainTrainer.settings(self.config)
-        settings = {"pretrain": own, "prompts": self.prompt_settings, "backbone": backbone_settings(self.config.final_config_dict, name)}
+        # The backbone's settings without the run's seed: the pretraining seed is in ``own``.
+        backbone = {k: v for k, v in backbone_settings(self.config.final_config_dict, name).items() if k != "seed"}
+        settings = {"pretrain": own, "prompts": self.prompt_settings, "backbone": backbone}
 
         def build(path):
             dataset = train_data.dataset
@@ -141,10 +157,11 @@ class FLIPTrainer(StagedTrainer):
 
             return report, save
 
-        return self.stage("pretrain", settings, build)
+        return self.stage("pretrain", settings, build, seed=own["seed"])
 
     def stage_id_warmup(self, train_data, valid_data, backbone_state, upstream_id):
-        """The (pretrained) backbone fine-tuned alone on every interaction, RecBole's Trainer."""
+        """The (pretrained) backbone fine-tuned alone on every interaction, RecBole's Trainer:
+        ``(state dict, its stage report)``."""
         name = self.config["flip_backbone"]
 
         def build(path):
@@ -156,6 +173,20 @@ class FLIPTrainer(StagedTrainer):
         path, _ = self.stage("id_warmup", backbone_settings(self.config.final_config_dict, name), build, {"pretrain": upstream_id})
         return torch.load(os.path.join(path, "model.pth"), map_location="cpu")["state_dict"]
 
+    def id_model_result(self, backbone_state, saved=True):
+        """The ``id`` strategy: the model is stage ``id_warmup``'s backbone. Saved as this run's
+        RecBole checkpoint (what the runner tests), with that stage's best valid result."""
+        self.model.load_pretrained(backbone_state)
+        valid = dict(self.stage_report["id_warmup"].get("valid") or {})
+        self.best_valid_result = valid
+        self.best_valid_score = valid.get(self.valid_metric.lower(), valid.get(self.valid_metric))
+        self.optimizer = self._build_optimizer()
+        if saved:
+            self._save_checkpoint(0, verbose=False)
+        self.stage_report["finetune"] = {"time_s": 0.0, "cached": False, "strategy": "id",
+                                         "model": "stage id_warmup's backbone"}
+        return self.best_valid_score, self.best_valid_result
+
     # ----------------------------------------------------------------------------- fine-tuning
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         self.stage_loaders = (train_data, valid_data)
@@ -164,37 +195,40 @@ class FLIPTrainer(StagedTrainer):
         if strategy == "joint" and self.config["flip_freeze_backbone"] and not self.config["flip_id_warmup"]:
             raise PluginConfigError("flip_freeze_backbone would freeze a backbone never trained on the CTR data: "
                                     "enable flip_id_warmup or set flip_freeze_backbone: False.")
-        needs_text = strategy != "id"
-        if pretrain or needs_text:
+        if pretrain or strategy != "id":
             self._setup(train_data.dataset)
         backbone_state, path, upstream_id = None, None, "raw"
         if pretrain:
             path, upstream_id = self.stage_pretrain(train_data)
             backbone_state = torch.load(os.path.join(path, "backbone.pth"), map_location="cpu")
-        if strategy == "joint" and self.config["flip_id_warmup"]:
+        if strategy == "id" or (strategy == "joint" and self.config["flip_id_warmup"]):
             backbone_state = self.stage_id_warmup(train_data, valid_data, backbone_state, upstream_id)
+        if strategy == "id":
+            return self.id_model_result(backbone_state, saved)
         # Whether stages ran or came from the cache changes how much randomness was drawn (and
         # how far the ID warm-up advanced the train loader's shuffling): re-seed after the last
         # stage, so that what is built on them (e.g. an encoder's freshly initialised pooler)
         # and fine-tuning, hence the predictions, depend on the seed alone.
         self.seed_stage()
-        encoder = load_encoder(path) if pretrain and needs_text else None
+        encoder = load_encoder(path) if pretrain else None
         if backbone_state is not None:
             self.model.load_pretrained(backbone_state, encoder)
-        if needs_text:
-            self.model.set_prompts(self.prompts)
-            n = self.config["flip_finetune_samples"]
-            per_epoch = None if n is None or n < 0 else n
-            train_data = SampledLoader(train_data, torch.arange(len(train_data.dataset)),
-                                       self.config["flip_finetune_batch_size"], shuffle=True,
-                                       seed=self.config["seed"], per_epoch=per_epoch)
+        self.model.set_prompts(self.prompts)
+        n = self.config["flip_finetune_samples"]
+        train_data = SampledLoader(train_data, torch.arange(len(train_data.dataset)),
+                                   self.config["flip_finetune_batch_size"], shuffle=True, seed=self.config["seed"],
+                                   per_epoch=None if n is None or n < 0 else n, lengths=self.prompts.lengths)
         self.optimizer = self._build_optimizer()
         start = time.time()
         result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
-        n_rows = len(train_data.pool) if isinstance(train_data, SampledLoader) else len(train_data.dataset)
-        per_epoch = getattr(train_data, "per_epoch", None) or n_rows
-        self.stage_report["finetune"] = {"time_s": round(time.time() - start, 2), "cached": False,
-                                         "strategy": strategy, "samples_per_epoch": per_epoch,
-                                         "epochs": len(self.train_loss_dict)}
+        elapsed = time.time() - start
+        per_epoch = train_data.per_epoch or len(train_data.pool)
+        epochs = len(self.train_loss_dict)
+        self.stage_report["finetune"] = {"time_s": round(elapsed, 2), "cached": False, "strategy": strategy,
+                                         "samples_per_epoch": per_epoch, "epochs": epochs,
+                                         "items_per_s": round(per_epoch * epochs / max(elapsed, 1e-9), 2)}
+        if strategy == "joint":  # how much the text logit counts after the last epoch
+            w_id, w_text = (float(w) for w in self.model.mix.detach().cpu())
+            self.stage_report["finetune"].update(w_id=round(w_id, 4), w_text=round(w_text, 4))
         return result
 

@@ -236,24 +236,27 @@ class StagedTrainer(Trainer):
         if is_main():
             self.cache.sweep()
 
-    def seed_stage(self):
+    def seed_stage(self, seed=None):
         """Seed everything a stage draws from as a fresh run seeds it: the global generators with
-        ``seed`` + rank (as the runner does before it builds a model) and the shuffling generator of
-        RecBole's loaders with ``seed`` (as ``data_preparation`` does). A stage's shuffling,
-        dropout and initialisation then depend on the seed alone, not on how much randomness the
-        stages before it drew in this process (none when they came from the cache)."""
-        init_seed(self.config["seed"] + self.config["local_rank"], self.config["reproducibility"])
+        ``seed`` (default: the run's) + rank (as the runner does before it builds a model) and the
+        shuffling generator of RecBole's loaders with ``seed`` (as ``data_preparation`` does). A
+        stage's shuffling, dropout and initialisation then depend on the seed alone, not on how much
+        randomness the stages before it drew in this process (none when they came from the cache)."""
+        seed = self.config["seed"] if seed is None else seed
+        init_seed(seed + self.config["local_rank"], self.config["reproducibility"])
         for loader in self.stage_loaders:
             generator = getattr(loader, "generator", None)
             if isinstance(generator, torch.Generator):
-                generator.manual_seed(self.config["seed"])
+                generator.manual_seed(seed)
 
-    def stage(self, name, settings, build, upstream=None):
+    def stage(self, name, settings, build, upstream=None, seed=None):
         """The artifact of stage ``name`` made from ``settings`` on top of ``upstream`` (the run
         ids it builds on; the data's fingerprint is always part of it); built when missing, under
         its key's lock, or waited for while another live process builds it.
 
-        ``build()`` runs in every process, seeded (:meth:`seed_stage`), and returns ``(report,
+        ``build()`` runs in every process, seeded (:meth:`seed_stage` with ``seed``, default the
+        run's: a stage shared by runs of several seeds passes its own, which ``settings`` must
+        hold), and returns ``(report,
         save)``: rank 0 calls ``save(folder)`` inside the cache's temporary folder. Returns
         ``(path, run_id)``."""
         upstream = {"data": self.data_id, **(upstream or {})}
@@ -263,7 +266,7 @@ class StagedTrainer(Trainer):
         cached, waited = self._claim(name, path)
         if not cached:
             try:
-                self.seed_stage()
+                self.seed_stage(seed)
                 report, save = build(path)
                 if is_main():
                     info = {"stage": name, "key": key, "world_size": world_size(), "settings": plain(settings),
