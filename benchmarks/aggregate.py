@@ -28,8 +28,17 @@ def cela_defaults():
     return read_yaml(props_file("CELA"))
 
 
+# FLIP settings the report states per variant: its ID model and the CPU budget of its text tower.
+FLIP_KEYS = ["flip_backbone", "flip_pretrain_samples", "flip_pretrain_epochs", "flip_finetune_samples",
+             "flip_text_epochs", "flip_max_prompt_length", "flip_text_eval_step", "flip_freeze_backbone", "text_amp"]
+
+
 def settings_of(results):
-    """The ABLATION_KEYS of a CELA variant's runs (from their recorded config), else None."""
+    """The ABLATION_KEYS of a CELA variant's runs (from their recorded config), FLIP_KEYS of a
+    FLIP variant's, else None."""
+    flip = [r.get("config") or {} for r in results if (r.get("config") or {}).get("model") == "FLIP"]
+    if flip:
+        return {k: flip[0].get(k) for k in FLIP_KEYS}
     configs = [r.get("config") or {} for r in results if (r.get("config") or {}).get("model") == "CELA"]
     if not configs:
         return None
@@ -93,6 +102,7 @@ def _entry(recs):
         "deterministic": deterministic,
         "test_auc_mean": auc[0],
         "test_auc_std": 0.0 if deterministic else auc[1],
+        "test_auc_by_seed": {str(r.get("seed")): get(r, "test_result", "auc") for r in results},
         "test_logloss_mean": loss[0],
         "test_logloss_std": 0.0 if deterministic else loss[1],
         "valid_auc_mean": mean([get(r, "best_valid_result", "auc") for r in results]),

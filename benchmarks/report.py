@@ -11,7 +11,7 @@ import platform
 import numpy as np
 
 from benchmarks import plots, registry
-from benchmarks.aggregate import ABLATION_KEYS, aggregate, comparisons
+from benchmarks.aggregate import ABLATION_KEYS, aggregate, compare, comparisons
 from benchmarks.common import FLIP_STAGES, QUICK_ARGS, SPLITS, STAGES, TEXT_STAGES, get
 
 FIGURES = ("auc", "buckets", "cost", "stages")
@@ -317,6 +317,69 @@ def cela_section(report, names, figures):
     return lines + ["No text stage ran in these variants (no diagnostics).", ""]
 
 
+DIAGNOSTICS = [  # (label, the pretraining's score, its baseline, the baseline's name)
+    ("masked tokens (MLM)", "mlm_accuracy", "mlm_majority", "most frequent token"),
+    ("masked fields (MTM)", "mtm_accuracy", "mtm_majority", "most frequent value"),
+    ("contrast recall@1", "icl_recall@1", "icl_chance", "chance, 1 / batch"),
+]
+
+
+def _paired(agg, a, b):
+    """Per-seed test AUC differences a - b over the seeds both have: (mean, min, max, n)."""
+    sa, sb = get(agg, a, "test_auc_by_seed") or {}, get(agg, b, "test_auc_by_seed") or {}
+    if get(agg, b, "deterministic"):  # Pop: one score for every seed
+        sb = {seed: get(agg, b, "test_auc_mean") for seed in sa}
+    diffs = [sa[k] - sb[k] for k in sa if k in sb]
+    return (float(np.mean(diffs)), min(diffs), max(diffs), len(diffs)) if diffs else None
+
+
+def flip_targets(agg, flip):
+    """The FLIP issue's two targets, where their rows ran: text alone vs Pop, joint vs its own ID
+    model. Both compare paired seeds (joint and idOnly share each seed's pretraining and ID model)."""
+    def arg(name, key, default):
+        args = [a for a in registry.spec(name).get("args", []) if a.startswith(f"--{key}=")]
+        return args[-1].split("=", 1)[1] if args else default
+
+    lines = []
+    pairs = [(n, "Pop") for n in flip if arg(n, "flip_finetune", "joint") == "text"]
+    id_rows = {arg(n, "flip_backbone", None): n for n in flip if arg(n, "flip_finetune", "joint") == "id"}
+    pairs += [(n, id_rows.get(arg(n, "flip_backbone", None))) for n in flip if arg(n, "flip_finetune", "joint") == "joint"]
+    for a, b in pairs:  # a joint row against the idOnly row of its ID model
+        if b not in agg:
+            continue
+        verdict = compare(agg, a, b)
+        paired = _paired(agg, a, b)
+        if verdict["diff"] is None:
+            continue
+        spread = "one seed: no spread" if verdict["spread"] is None else f"spread {verdict['spread']:.4f}"
+        seeds = (f"; per seed {paired[0]:+.4f} on average, from {paired[1]:+.4f} to {paired[2]:+.4f} "
+                 f"({paired[3]} seeds)") if paired else ""
+        word = {"beats": "above, by more than the spread", "loses": "below, by more than the spread",
+                "within": "within the spread"}.get(verdict["verdict"], "no verdict")
+        lines.append(f"- {a} vs {b}: {verdict['diff']:+.4f} test AUC ({spread}): {word}{seeds}.")
+    return lines
+
+
+def diagnostics_table(agg, flip):
+    """One row per pretraining artifact (variants sharing one report it once)."""
+    groups = {}
+    for n in flip:
+        pre = get(agg, n, "stages", "pretrain", "diagnostics")
+        if pre:
+            groups.setdefault(repr(sorted((w, sorted(d.items())) for w, d in pre.items())), (pre, []))[1].append(n)
+    rows = []
+    for pre, names in groups.values():
+        before, after = pre.get("diagnostics_before", {}), pre.get("diagnostics_after", {})
+        for label, key, base, base_name in DIAGNOSTICS:
+            if key in after or key in before:
+                rows.append([", ".join(names), label, _f(before.get(key)), _f(after.get(key)),
+                             f"{_f(after.get(base, before.get(base)))} ({base_name})"])
+        if "valid_loss" in after:
+            rows.append([", ".join(names), "held-out loss (sum of the three)", _f(before.get("valid_loss")),
+                         _f(after.get("valid_loss")), "–"])
+    return rows
+
+
 def flip_section(report, names):
     agg = report["aggregates"]
     flip = [n for n in names if registry.model_of(n) == "FLIP"]
@@ -328,24 +391,49 @@ def flip_section(report, names):
         row = [n]
         for stage in FLIP_STAGES:
             s = stages.get(stage)
-            row.append("–" if not s else _num(s["time_s_mean"]) + (" (cached)" if s["cached_any"] else ""))
-        rows.append(row + [_num(agg[n]["fit_time_s_mean"]), _num(agg[n]["eval_samples_per_s_mean"])])
-    lines = ["## FLIP stages", "",
-             _table(["variant"] + [f"{s} (s)" for s in FLIP_STAGES] + ["total fit (s)", "eval samples/s"], rows), "",
-             "Mean wall time per stage over seeds (\"(cached)\": reused from `saved/flip/<dataset>/` "
-             "for at least one seed). Pretraining and the text fine-tuning read subsamples on a CPU "
-             "(flip_pretrain_samples, flip_finetune_samples; docs/FLIP.md).", ""]
-    diag = []
+            cost = s and (s["cost_s_mean"] if s["cost_s_mean"] is not None else s["time_s_mean"])
+            row.append("–" if not s else _num(cost) + (" (shared)" if s["cached_any"] else ""))
+        rows.append(row + [_num(get(stages, "finetune", "items_per_s_mean")), _num(agg[n]["fit_time_s_mean"]),
+                           _num(agg[n]["eval_samples_per_s_mean"])])
+    lines = ["## FLIP", "", "### Stages", "",
+             _table(["variant"] + [f"{s} (s)" for s in FLIP_STAGES]
+                    + ["fine-tuning interactions/s", "total fit (s)", "eval samples/s"], rows), "",
+             "Mean cost per stage over seeds: what making the artifact cost, also where a run reused "
+             "it (\"(shared)\": reused from `saved/flip/<dataset>/` by at least one seed; the pretraining "
+             "is shared by every seed and strategy, the ID model by a seed's idOnly and joint runs); "
+             "total fit is the run's own wall time. Pretraining and the text fine-tuning read "
+             "samples on a CPU (flip_pretrain_samples, flip_finetune_samples; docs/FLIP.md).", ""]
+    budget = []
     for n in flip:
-        pre = get(agg, n, "stages", "pretrain", "diagnostics") or {}
-        for key in ("mlm_accuracy", "mlm_majority", "mtm_accuracy", "mtm_majority", "icl_recall@1", "icl_chance"):
-            before, after = get(pre, "diagnostics_before", key), get(pre, "diagnostics_after", key)
-            if before is not None or after is not None:
-                diag.append([n, key, _f(before), _f(after)])
+        c = agg[n].get("settings") or {}
+        if c:
+            budget.append([n, c.get("flip_backbone"), f"{_num(c.get('flip_pretrain_samples'))} × {c.get('flip_pretrain_epochs')}",
+                           f"{_num(c.get('flip_finetune_samples'))} × {c.get('flip_text_epochs')}",
+                           c.get("flip_max_prompt_length"), c.get("flip_text_eval_step"), c.get("flip_freeze_backbone"),
+                           c.get("text_amp")])
+    if budget:
+        lines += ["Settings (the runs' recorded config): pretraining reads a seeded sample of training "
+                  "interactions (flip_pretrain_valid_ratio of it held out), the text strategies a fresh sample per epoch; the ID "
+                  "model always trains on every interaction.", "",
+                  _table(["variant", "ID model", "pretraining interactions × epochs",
+                          "text fine-tuning interactions × epochs", "prompt cap (tokens)",
+                          "validate every (epochs; 0: never)", "backbone frozen (joint)", "text_amp"], budget), ""]
+    targets = flip_targets(agg, flip)
+    if targets:
+        lines += ["### Targets", ""] + targets + [""]
+    diag = diagnostics_table(agg, flip)
     if diag:
-        lines += ["Pretraining diagnostics on held-out sampled interactions (accuracy of masked "
-                  "tokens / fields vs always answering the most frequent one; contrast recall@1 "
-                  "within a batch vs chance):", "", _table(["variant", "metric", "before", "after"], diag), ""]
+        lines += ["### Pretraining diagnostics", "",
+                  "On the held-out part of the pretraining sample, before and after pretraining: "
+                  "accuracy at masked tokens and masked ID fields (argmax over the whole vocabulary) "
+                  "and contrast recall@1 within a batch, each beside the guess it has to beat.", "",
+                  _table(["variants", "objective", "before", "after", "baseline"], diag), ""]
+    cost = report.get("flip_cost")
+    if cost:
+        from benchmarks.flip_cost import table
+
+        lines += ["### Throughput (interactions/s)", "", f"`{cost['command']}` ({cost['date']}; other processes "
+                  f"used {cost['other_cpu_cores']:.2f} cores on average while it measured):", "", table(cost), ""]
     return lines
 
 
@@ -402,7 +490,7 @@ def render_markdown(report, names, figures):
 
 def write_report(out, dataset, names, records, settings, command, split_counts_=None, references=()):
     """Aggregate ``records`` and write ``<out>/<dataset>.{json,md}`` and the PNGs."""
-    from recbole_cela.fileio import atomic_write, atomic_write_json
+    from recbole_cela.fileio import atomic_write, atomic_write_json, read_json
 
     os.makedirs(out, exist_ok=True)
     agg = aggregate(records, names)
@@ -421,6 +509,9 @@ def write_report(out, dataset, names, records, settings, command, split_counts_=
         "comparisons": comp,
         "runs": records,
     }
+    flip_cost = os.path.join(out, f"{dataset}-flip-cost.json")
+    if os.path.isfile(flip_cost):  # benchmarks.flip_cost's measurement, shown in the FLIP section
+        report["flip_cost"] = read_json(flip_cost)
     figures = {kind: f"{dataset}-{kind}.png" for kind in FIGURES}
     plots.write_all(agg, names, {k: os.path.join(out, v) for k, v in figures.items()}, dataset,
                     " (smoke check)" if quick else "")

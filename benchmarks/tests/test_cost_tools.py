@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import eval_cost, new_items, scaling, text_cost
+from benchmarks import eval_cost, flip_cost, new_items, scaling, text_cost
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
 
@@ -22,6 +22,25 @@ def test_eval_cost_interleaved(run_config, tiny_encoder, tmp_path):
     assert result["n_params"]["CELA"] > result["n_params"]["DIN"]  # the text projection
     path = eval_cost.write_report(result, str(tmp_path), "python -m benchmarks.eval_cost --dataset=ml-tiny")
     assert "CELA / DIN" in open(path).read() and os.path.isfile(path[:-3] + ".json")
+
+
+def test_flip_cost_interleaved(run_config, tiny_encoder, tmp_path):
+    """Every model trained and scored in every round, on its own batches; the report."""
+    files, overrides = run_config(text_encoder=tiny_encoder, flip_max_prompt_length=64)
+    result = flip_cost.measure("ml-tiny", rounds=2, eval_rows=16, train_batches=2, overrides=overrides,
+                               config_file_list=files, log=lambda *_: None)
+    models = {"DIN", "DCNV2", "CELA", "FLIP-textOnly", "FLIP", "FLIP (fp32)"}
+    for kind in ("train", "score"):
+        assert set(result["per_s"][kind]) == models
+        assert all(len(v) == 2 and min(v) > 0 for v in result["per_s"][kind].values())
+    assert result["eval_rows"] == 16 and result["precision"]["FLIP (fp32)"] == "fp32"
+    assert result["batch_size"]["FLIP"] == 32 and result["batch_size"]["DIN"] > 32  # each as it trains
+    path = flip_cost.write_report(result, str(tmp_path), "python -m benchmarks.flip_cost --dataset=ml-tiny")
+    text = open(path).read()
+    assert "| FLIP (fp32) | 32 | fp32 |" in text
+    os.remove(path)
+    flip_cost.main(["--report_only", "--dataset=ml-tiny", f"--out={tmp_path}"])  # from the JSON alone
+    assert open(path).read() == text
 
 
 def test_text_cost_core(tiny_encoder, tmp_path):

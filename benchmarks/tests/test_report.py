@@ -231,28 +231,49 @@ def test_ablation_rows_read_each_variants_recorded_settings():
     assert settings_of([{"config": {"model": "CELA", "dap": True}}])["align_target"] == "item"
 
 
-def test_report_of_flip_stages(tmp_path):
+def test_report_of_flip_stages_targets_diagnostics_and_throughput(tmp_path):
     variants = registry.variants()
-    assert {"FLIP", "FLIP-idOnly", "FLIP-textOnly"} <= set(variants)
+    assert {"FLIP", "FLIP-idOnly", "FLIP-textOnly", "FLIP-DIN", "FLIP-DIN-idOnly"} <= set(variants)
     assert not {"FLIP", "FLIP-idOnly", "FLIP-textOnly"} & set(registry.default_variants())  # default runs unchanged
     assert variants["FLIP-textOnly"]["args"] == ["--flip_finetune=text"]
-    stages = {"pretrain": {"time_s": 40.0, "cached": False, "items_per_s": 12.0,
-                           "diagnostics_before": {"mtm_accuracy": 0.1, "mtm_majority": 0.3},
-                           "diagnostics_after": {"mtm_accuracy": 0.5, "mtm_majority": 0.3}},
-              "id_warmup": {"time_s": 20.0, "cached": True}, "finetune": {"time_s": 60.0, "cached": False}}
-    result = {"model": "FLIP", "dataset": "ml-100k", "seed": 2020, "best_valid_score": 0.7,
-              "best_valid_result": {"auc": 0.7}, "test_result": {"auc": 0.71, "logloss": 0.6},
-              "test_auc_by_popularity": {}, "fit_time_s": 120.0, "eval_time_s": 3.0, "eval_samples_per_s": 300.0,
-              "peak_rss_mb": 900.0, "n_params": 10, "stages": stages, "config": {}, "argv": []}
-    recs = [{"variant": "FLIP", "seed": 2020, "status": "ok", "result": result}]
-    agg = aggregate(recs, ["FLIP"])
-    assert agg["FLIP"]["stages"]["pretrain"]["time_s_mean"] == 40.0
-    assert agg["FLIP"]["stages"]["id_warmup"]["cached_any"] is True
-    assert agg["FLIP"]["stages"]["pretrain"]["diagnostics"]["diagnostics_after"]["mtm_accuracy"] == 0.5
-    write_report(str(tmp_path), "ml-100k", ["FLIP"], recs, settings(["FLIP"], [2020]), "python -m benchmarks",
+    pretrain = {"time_s": 40.0, "cached": False, "items_per_s": 12.0,
+                "diagnostics_before": {"mtm_accuracy": 0.1, "mtm_majority": 0.3, "icl_recall@1": 0.03, "icl_chance": 0.03},
+                "diagnostics_after": {"mtm_accuracy": 0.5, "mtm_majority": 0.3, "icl_recall@1": 0.3, "icl_chance": 0.03}}
+
+    def run(variant, seed, auc, reused):
+        stages = {"pretrain": {**pretrain, "cached": reused, "time_s": 0.0 if reused else 40.0, "original_time_s": 40.0},
+                  "id_warmup": {"time_s": 20.0, "cached": False},
+                  "finetune": {"time_s": 60.0, "cached": False, "items_per_s": 50.0}}
+        result = {"model": "FLIP", "dataset": "ml-100k", "seed": seed, "best_valid_score": 0.7,
+                  "best_valid_result": {"auc": 0.7}, "test_result": {"auc": auc, "logloss": 0.6},
+                  "test_auc_by_popularity": {}, "fit_time_s": 120.0, "eval_time_s": 3.0, "eval_samples_per_s": 300.0,
+                  "peak_rss_mb": 900.0, "n_params": 10, "stages": stages, "config": {}, "argv": []}
+        return {"variant": variant, "seed": seed, "status": "ok", "result": result}
+
+    # joint above idOnly in every seed by 0.004, while the seeds spread by ~0.01
+    recs = [run("FLIP-idOnly", 2020, 0.70, False), run("FLIP-idOnly", 2021, 0.72, True),
+            run("FLIP", 2020, 0.704, True), run("FLIP", 2021, 0.724, True), run("FLIP-textOnly", 2020, 0.66, True)]
+    recs.append({"variant": "Pop", "seed": None, "status": "ok", "result": {**recs[0]["result"], "seed": None,
+                 "test_result": {"auc": 0.62, "logloss": 1.0}, "stages": None}})
+    names = ["Pop", "FLIP-idOnly", "FLIP", "FLIP-textOnly"]
+    agg = aggregate(recs, names)
+    assert agg["FLIP"]["stages"]["pretrain"]["cost_s_mean"] == 40.0 and agg["FLIP"]["stages"]["pretrain"]["cached_any"]
+    assert agg["FLIP"]["test_auc_by_seed"] == {"2020": 0.704, "2021": 0.724}
+    cost = {"dataset": "ml-100k", "command": "python -m benchmarks.flip_cost", "date": "today", "other_cpu_cores": 0.5,
+            "median_per_s": {"train": {"DIN": 1000.0, "FLIP": 50.0}, "score": {"DIN": 20000.0, "FLIP": 200.0}},
+            "batch_size": {"DIN": 2048, "FLIP": 32}, "precision": {"DIN": "fp32", "FLIP": "bf16"}}
+    (tmp_path / "ml-100k-flip-cost.json").write_text(json.dumps(cost))
+    write_report(str(tmp_path), "ml-100k", names, recs, settings(names, [2020, 2021]), "python -m benchmarks",
                  {"train": {"samples": 10, "positives": 5}, "valid": None, "test": None})
     md = (tmp_path / "ml-100k.md").read_text()
-    assert "## FLIP stages" in md and "20.00 (cached)" in md and "mtm_accuracy" in md
+    assert "| FLIP | 40.00 (shared) | 20.00 | 60.00 | 50.00 |" in md  # a reused stage at what it cost
+    # The paired difference is what decides: +0.004 in each seed, though inside the spread.
+    assert "- FLIP vs FLIP-idOnly: +0.0040 test AUC (spread 0.0141): within the spread; per seed +0.0040 on average, " \
+           "from +0.0040 to +0.0040 (2 seeds)." in md
+    assert "- FLIP-textOnly vs Pop: +0.0400 test AUC (one seed: no spread)" in md
+    # One diagnostics block for the three variants that share the pretraining.
+    assert "| FLIP-idOnly, FLIP, FLIP-textOnly | contrast recall@1 | 0.0300 | 0.3000 | 0.0300 (chance, 1 / batch) |" in md
+    assert "| FLIP | 32 | bf16 | 50 | 0.0500× | 200 | 0.0100× |" in md  # the throughput table
 
 
 def test_bucket_figure_draws_the_deciding_rows_as_gains_over_din():
