@@ -98,3 +98,26 @@ def other_cores(before, after, elapsed):
         return None
     other = (after[0] - before[0]) - (after[1] - before[1])
     return max(0.0, other / elapsed)
+
+
+def cost_tool_parser(doc, rounds, kind):
+    """The arguments every interleaved cost tool takes (``python -m benchmarks.<tool>``):
+    --dataset, --rounds, --out and --report_only (write ``<out>/<name>-<kind>.md`` again from its JSON)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--out", default="docs/benchmarks")
+    parser.add_argument("--report_only", action="store_true",
+                        help=f"measure nothing: write the markdown again from <out>/<name>-{kind}.json")
+    return parser
+
+
+def write_md_json(base, text, result):
+    """``base``.md and ``base``.json, each written atomically; returns the markdown's path."""
+    from recbole_cela.fileio import atomic_write, atomic_write_json
+
+    atomic_write(base + ".md", text)
+    atomic_write_json(base + ".json", result)
+    return base + ".md"

@@ -14,7 +14,6 @@ at inference; the table is a buffer). Results go to stdout and to
 that JSON (its command and date kept).
 """
 
-import argparse
 import datetime
 import os
 import shlex
@@ -24,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.common import cpu_snapshot, own_cpu
+from benchmarks.common import cost_tool_parser, cpu_snapshot, own_cpu, write_md_json
 
 
 def measure(dataset, rounds=5, overrides=None, log=print, config_file_list=None):
@@ -105,24 +104,15 @@ def write_report(result, out, command, date=None, name=None):
 cost at inference is one row gather from its projected text table per item and the wider item
 representation in {b}'s layers; the encoder never runs.
 """
-    from recbole_cela.fileio import atomic_write, atomic_write_json
-
-    atomic_write(base + ".md", text)
-    atomic_write_json(base + ".json", result)
-    return base + ".md"
+    return write_md_json(base, text, result)
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--out", default="docs/benchmarks")
+    parser = cost_tool_parser(__doc__, 5, "eval-cost")
     parser.add_argument("--name", default=None,
                         help="report name, <out>/<name>-eval-cost.md (default: the dataset; another name keeps "
                              "a measurement under other settings beside it)")
-    parser.add_argument("--report_only", action="store_true",
-                        help="measure nothing: write the markdown again from <out>/<name>-eval-cost.json")
     args, rest = parser.parse_known_args(argv)
     name = args.name or args.dataset
     from recbole_cela.fileio import read_json

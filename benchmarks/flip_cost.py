@@ -23,7 +23,6 @@ is fresh (CELA's table random, as in ``benchmarks.eval_cost``). Writes
 ``<out>/<dataset>-flip-cost.{md,json}``; ``--report_only`` writes the markdown again from the JSON.
 """
 
-import argparse
 import datetime
 import os
 import shlex
@@ -33,7 +32,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.common import cpu_snapshot, own_cpu
+from benchmarks.common import cost_tool_parser, cpu_snapshot, own_cpu, write_md_json
 
 
 def _models(dataset, overrides, config_file_list):
@@ -193,23 +192,14 @@ text table (the encoder never runs in its training or scoring); FLIP-textOnly an
 the encoder on one prompt per interaction, in training (top blocks trainable) and in scoring.
 `FLIP (fp32)` is the joint model without bf16 autocast. FLIP-idOnly is DCNV2 itself.
 """
-    from recbole_cela.fileio import atomic_write, atomic_write_json
-
-    atomic_write(base + ".md", text)
-    atomic_write_json(base + ".json", result)
-    return base + ".md"
+    return write_md_json(base, text, result)
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = cost_tool_parser(__doc__, 3, "flip-cost")
     parser.add_argument("--eval_rows", type=int, default=2048)
     parser.add_argument("--train_batches", type=int, default=8)
-    parser.add_argument("--out", default="docs/benchmarks")
-    parser.add_argument("--report_only", action="store_true",
-                        help="measure nothing: write the markdown again from <out>/<dataset>-flip-cost.json")
     args, rest = parser.parse_known_args(argv)
     from recbole_cela.fileio import read_json
     from recbole_cela.utils import parse_overrides

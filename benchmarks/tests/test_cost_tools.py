@@ -72,6 +72,7 @@ def test_text_cost_core(tiny_encoder, tmp_path):
     ("new_items", new_items.main, "ml-100k", "new-items"),
     ("eval_cost", eval_cost.main, "amazon-sports-ids", "eval-cost"),
     ("text_cost", text_cost.main, "amazon-sports-ids", "text-cost"),
+    ("flip_cost", flip_cost.main, "amazon-sports", "flip-cost"),
 ])
 def test_report_only_writes_the_committed_report_again(tool, main, dataset, kind, tmp_path):
     """The markdown written from the committed JSON is the committed markdown, byte for byte."""
