@@ -352,8 +352,12 @@ def flip_targets(agg, flip):
         if verdict["diff"] is None:
             continue
         spread = "one seed: no spread" if verdict["spread"] is None else f"spread {verdict['spread']:.4f}"
-        seeds = (f"; per seed {paired[0]:+.4f} on average, from {paired[1]:+.4f} to {paired[2]:+.4f} "
-                 f"({paired[3]} seeds)") if paired else ""
+        seeds = ""
+        if paired and paired[3] == 1:
+            seeds = f"; in the one seed both ran {paired[0]:+.4f}"
+        elif paired:
+            seeds = (f"; per seed {paired[0]:+.4f} on average, from {paired[1]:+.4f} to {paired[2]:+.4f} "
+                     f"({paired[3]} seeds)")
         word = {"beats": "above, by more than the spread", "loses": "below, by more than the spread",
                 "within": "within the spread"}.get(verdict["verdict"], "no verdict")
         lines.append(f"- {a} vs {b}: {verdict['diff']:+.4f} test AUC ({spread}): {word}{seeds}.")
@@ -407,8 +411,11 @@ def flip_section(report, names):
     for n in flip:
         c = agg[n].get("settings") or {}
         if c:
-            budget.append([n, c.get("flip_backbone"), f"{_num(c.get('flip_pretrain_samples'))} × {c.get('flip_pretrain_epochs')}",
-                           f"{_num(c.get('flip_finetune_samples'))} × {c.get('flip_text_epochs')}",
+            def size(n):
+                return "all" if n is None or n < 0 else _num(n)
+
+            budget.append([n, c.get("flip_backbone"), f"{size(c.get('flip_pretrain_samples'))} × {c.get('flip_pretrain_epochs')}",
+                           f"{size(c.get('flip_finetune_samples'))} × {c.get('flip_text_epochs')}",
                            c.get("flip_max_prompt_length"), c.get("flip_text_eval_step"), c.get("flip_freeze_backbone"),
                            c.get("text_amp")])
     if budget:
