@@ -29,7 +29,7 @@ def cela_defaults():
 
 
 # FLIP settings the report states per variant: its ID model and the CPU budget of its text tower.
-FLIP_KEYS = ["flip_backbone", "flip_pretrain_samples", "flip_pretrain_epochs", "flip_finetune_samples",
+FLIP_KEYS = ["flip_finetune", "flip_backbone", "flip_pretrain_samples", "flip_pretrain_epochs", "flip_finetune_samples",
              "flip_text_epochs", "flip_max_prompt_length", "flip_text_eval_step", "flip_freeze_backbone", "text_amp"]
 
 

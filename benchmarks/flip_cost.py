@@ -24,6 +24,7 @@ is fresh (CELA's table random, as in ``benchmarks.eval_cost``). Writes
 """
 
 import datetime
+import itertools
 import os
 import shlex
 import sys
@@ -80,15 +81,6 @@ def _models(dataset, overrides, config_file_list):
     return out
 
 
-def _first(loader, n):
-    out = []
-    for batch in loader:
-        out.append(batch)
-        if len(out) == n:
-            break
-    return out
-
-
 def _eval_batches(test, rows):
     batches, n = [], 0
     for batch in test:
@@ -107,7 +99,7 @@ def measure(dataset, rounds=3, eval_rows=2048, train_batches=8, overrides=None, 
     device = torch.device(models["DIN"][1]["device"])
     evals = {name: _eval_batches(test, eval_rows) for name, (_, _, _, test) in models.items()}
     n_eval = evals["DIN"][1]
-    train = {name: [b.to(device) for b in _first(loader, train_batches)] for name, (_, _, loader, _) in models.items()}
+    train = {name: [b.to(device) for b in itertools.islice(loader, train_batches)] for name, (_, _, loader, _) in models.items()}
     optimizers = {}
     for name, (model, *_) in models.items():
         model.to(device)

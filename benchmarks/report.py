@@ -336,14 +336,13 @@ def _paired(agg, a, b):
 def flip_targets(agg, flip):
     """The FLIP issue's two targets, where their rows ran: text alone vs Pop, joint vs its own ID
     model. Both compare paired seeds (joint and idOnly share each seed's pretraining and ID model)."""
-    def arg(name, key, default):
-        args = [a for a in registry.spec(name).get("args", []) if a.startswith(f"--{key}=")]
-        return args[-1].split("=", 1)[1] if args else default
+    def setting(name, key):  # what the row's runs recorded
+        return (agg[name].get("settings") or {}).get(key)
 
     lines = []
-    pairs = [(n, "Pop") for n in flip if arg(n, "flip_finetune", "joint") == "text"]
-    id_rows = {arg(n, "flip_backbone", None): n for n in flip if arg(n, "flip_finetune", "joint") == "id"}
-    pairs += [(n, id_rows.get(arg(n, "flip_backbone", None))) for n in flip if arg(n, "flip_finetune", "joint") == "joint"]
+    pairs = [(n, "Pop") for n in flip if setting(n, "flip_finetune") == "text"]
+    id_rows = {setting(n, "flip_backbone"): n for n in flip if setting(n, "flip_finetune") == "id"}
+    pairs += [(n, id_rows.get(setting(n, "flip_backbone"))) for n in flip if setting(n, "flip_finetune") == "joint"]
     for a, b in pairs:  # a joint row against the idOnly row of its ID model
         if b not in agg:
             continue

@@ -247,14 +247,16 @@ def test_report_of_flip_stages_targets_diagnostics_and_throughput(tmp_path):
         result = {"model": "FLIP", "dataset": "ml-100k", "seed": seed, "best_valid_score": 0.7,
                   "best_valid_result": {"auc": 0.7}, "test_result": {"auc": auc, "logloss": 0.6},
                   "test_auc_by_popularity": {}, "fit_time_s": 120.0, "eval_time_s": 3.0, "eval_samples_per_s": 300.0,
-                  "peak_rss_mb": 900.0, "n_params": 10, "stages": stages, "config": {}, "argv": []}
+                  "peak_rss_mb": 900.0, "n_params": 10, "stages": stages, "argv": [],
+                  "config": {"model": "FLIP", "flip_backbone": "DCNV2",
+                             "flip_finetune": {"FLIP-idOnly": "id", "FLIP-textOnly": "text"}.get(variant, "joint")}}
         return {"variant": variant, "seed": seed, "status": "ok", "result": result}
 
     # joint above idOnly in every seed by 0.004, while the seeds spread by ~0.01
     recs = [run("FLIP-idOnly", 2020, 0.70, False), run("FLIP-idOnly", 2021, 0.72, True),
             run("FLIP", 2020, 0.704, True), run("FLIP", 2021, 0.724, True), run("FLIP-textOnly", 2020, 0.66, True)]
     recs.append({"variant": "Pop", "seed": None, "status": "ok", "result": {**recs[0]["result"], "seed": None,
-                 "test_result": {"auc": 0.62, "logloss": 1.0}, "stages": None}})
+                 "test_result": {"auc": 0.62, "logloss": 1.0}, "stages": None, "config": {}}})
     names = ["Pop", "FLIP-idOnly", "FLIP", "FLIP-textOnly"]
     agg = aggregate(recs, names)
     assert agg["FLIP"]["stages"]["pretrain"]["cost_s_mean"] == 40.0 and agg["FLIP"]["stages"]["pretrain"]["cached_any"]

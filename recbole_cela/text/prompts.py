@@ -129,14 +129,6 @@ class PromptBuilder:
             text += " history: " + "; ".join(self.title_text[h] for h in kept) + "."
         return text
 
-    def length(self, user, item, history):
-        """Tokens of ``ids(user, item, history)``, without building them."""
-        head, kept = self._parts(user, item, history)
-        if not kept:
-            return len(head) + 2
-        titles = sum(len(self.title[h]) for h in kept) + len(self.sep) * (len(kept) - 1)
-        return len(head) + 2 + len(self.history_head) + titles + len(self.end)
-
     def batch(self, users, items, histories):
         """Padded ``input_ids`` and ``attention_mask`` [B, longest prompt of the batch]."""
         return self.padded([self.ids(u, i, h) for u, i, h in zip(users, items, histories)])
@@ -183,7 +175,7 @@ class InteractionPrompts:
 
     def lengths(self, interaction):
         """Each prompt's length in tokens (what bucketing sorts by)."""
-        return torch.tensor([self.builder.length(u, i, h) for u, i, h in self._parts(interaction)])
+        return torch.tensor([len(row) for row in self.token_rows(interaction)])
 
     def padded(self, rows):
         return self.builder.padded(rows)
