@@ -43,6 +43,7 @@ from recbole.data.interaction import Interaction
 import recbole_cela
 from recbole_cela.checkpoints import load_checkpoint
 from recbole_cela.fileio import data_fingerprint, read_atomic_file, undecodable
+from recbole_cela.model import build_model
 from recbole_cela.utils import PluginConfigError, PluginError
 
 # Keys of a saved config that RecBole or the runner computes; everything else is passed back.
@@ -139,7 +140,7 @@ class NewItemScorer:
             )
         # The training split, as the runner builds the model from (feature tables as Interactions).
         data = create_dataset(config).build()[0]
-        model = model_class(config, data)
+        model = build_model(model_class, config, data)
         try:
             model.load_state_dict(checkpoint["state_dict"])
         except RuntimeError as error:

@@ -35,9 +35,10 @@ from recbole_cela.data import prepare_from_config
 from recbole_cela.distributed import all_gather_object, barrier, broadcast_object
 from recbole_cela.evaluation import RecordedPredictions, auc_by_popularity, item_popularity, overall_auc
 from recbole_cela.fileio import atomic_write_json
-from recbole_cela.model import get_model
+from recbole_cela.model import build_model, get_model
+from recbole_cela.model.layers import uses_fast_layers
 from recbole_cela.trainer import get_trainer
-from recbole_cela.utils import PluginConfigError, PluginError, init_seed
+from recbole_cela.utils import PluginConfigError, PluginError, init_seed, set_threads
 
 __all__ = ["build_config", "main", "run", "run_recbole_cela"]
 
@@ -86,6 +87,7 @@ def run_recbole_cela(
 ):
     """Train and test one model on one dataset; return (and write) the result dict."""
     model_class, config = build_config(model, dataset, config_file_list, config_dict)
+    threads = set_threads(config)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
@@ -103,7 +105,7 @@ def run_recbole_cela(
     train_data, valid_data, test_data = data_preparation(config, dataset)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model = model_class(config, train_data._dataset).to(config["device"])
+    model = build_model(model_class, config, train_data._dataset).to(config["device"])
     logger.info(model)
     # RecBole's Trainer creates checkpoint_dir unless it exists: every rank at once races there.
     os.makedirs(config["checkpoint_dir"], exist_ok=True)
@@ -153,6 +155,8 @@ def run_recbole_cela(
         "device": str(config["device"]),
         "torch": torch.__version__,
         "cpu_count": psutil.cpu_count(),
+        "threads": threads,
+        "fast_layers": uses_fast_layers(trainer.model),
         "argv": sys.argv,
         "config": plain(config.final_config_dict),
     }

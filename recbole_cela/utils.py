@@ -29,6 +29,20 @@ def _config_folder(package):
     return next(path for path in module.__path__ if os.path.isdir(path))
 
 
+def set_threads(config):
+    """Set torch's intra-op threads to ``threads``, by default the cores this process may use
+    divided among the run's ``nproc`` processes (more threads than cores slow every one of them);
+    returns the number set."""
+    import torch
+
+    threads = config["threads"]
+    if threads is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        threads = max(1, cores // max(1, config["nproc"] or 1))
+    torch.set_num_threads(threads)
+    return threads
+
+
 def props_file(model_name):
     """``props/<MODEL>.yaml`` (or ``props/overall.yaml`` for ``"overall"``), None when absent."""
     path = os.path.join(_config_folder("props"), f"{model_name}.yaml")

@@ -4,6 +4,7 @@ from recbole_cela.model.backbones import PLUGIN_BACKBONES, get_backbone
 from recbole_cela.model.cela import CELA
 from recbole_cela.model.din_user import DINUser
 from recbole_cela.model.flip import FLIP
+from recbole_cela.model.layers import install_fast_layers
 
 PLUGIN_MODELS = {"CELA": CELA, "FLIP": FLIP, **PLUGIN_BACKBONES}
 
@@ -13,4 +14,10 @@ def get_model(name):
     return PLUGIN_MODELS.get(name) or get_backbone(name, known=PLUGIN_MODELS)
 
 
-__all__ = ["CELA", "DINUser", "FLIP", "PLUGIN_MODELS", "get_model"]
+def build_model(model_class, config, dataset):
+    """``model_class(config, dataset)`` with the plugin's faster layers where it has RecBole's
+    (``fast_layers``, :mod:`recbole_cela.model.layers`): how every model the plugin trains is built."""
+    return install_fast_layers(model_class(config, dataset), config)
+
+
+__all__ = ["CELA", "DINUser", "FLIP", "PLUGIN_MODELS", "build_model", "get_model"]

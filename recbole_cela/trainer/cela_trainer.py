@@ -30,6 +30,7 @@ from recbole_cela.data.loaders import ItemTextLoader
 from recbole_cela.distributed import rank, world_size
 from recbole_cela.fileio import atomic_torch_save, file_digest, fingerprint
 from recbole_cela.model.alignment import ItemAlignment, alignment_target
+from recbole_cela.model import build_model
 from recbole_cela.model.backbones import get_backbone
 from recbole_cela.model.dap import DomainAdaptivePretraining
 from recbole_cela.model.fusion import item_id_vectors
@@ -120,7 +121,7 @@ class CELATrainer(StagedTrainer):
         config = backbone_config(self.config, name)
 
         def make():
-            return get_backbone(name)(config, train_data.dataset).to(self.device)
+            return build_model(get_backbone(name), config, train_data.dataset).to(self.device)
 
         if self.config["backbone_checkpoint"]:
             backbone = make()

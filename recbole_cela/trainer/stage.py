@@ -63,6 +63,8 @@ NON_SEMANTIC_KEYS = frozenset({
     "state", "show_progress", "verbose", "log_wandb", "wandb_project",
     # devices and processes (a distributed stage computes the single-process steps: docs/distributed.md)
     "gpu_id", "use_gpu", "device", "single_spec", "local_rank", "world_size", "nproc", "ip", "port", "offset",
+    # speed: the same mathematics in fewer operations or on more threads (recbole_cela/model/layers.py)
+    "fast_layers", "threads",
 })
 
 
