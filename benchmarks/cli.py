@@ -2,7 +2,7 @@ r"""Benchmark: every variant x seed through the runner, one report per dataset.
 
     python -m benchmarks [--dataset=ml-100k] [--models=Pop,DIN,CELA] [--seeds=3] [--quick]
         [--out=docs/benchmarks] [--runs_dir=<out>/runs] [--extra="--key=value ..."] [--resume]
-        [--report_only] [--references=CELA,...] [--accept_stale=KEY,...] [--timeout=S]
+        [--report_only] [--references=CELA,...] [--accept_stale=KEY,...] [--timeout=S] [--jobs=1]
 
 Run it from the directory whose relative paths the dataset configs mean (the repository root for
 the bundled ones): each (variant, seed) runs ``python -m recbole_cela`` there, in its own process,
@@ -10,7 +10,9 @@ with ``--seed=S --results_dir=<runs_dir>/<dataset>/<variant>-s<S> --show_progres
 (``benchmarks/runs.py``). A failed run is recorded (with the end of its log) in the report; the
 benchmark goes on. ``Pop`` is not learned: it is scored here from the benchmark files.
 ``--resume`` reuses every finished run of the same command under today's props defaults;
-``--report_only`` runs nothing and writes the report from the finished runs. The rows are the
+``--report_only`` runs nothing and writes the report from the finished runs. ``--jobs=J`` runs J
+at a time, each runner with ``--threads`` = cores // J, so the runs never ask for more threads
+than there are cores (``benchmark-run.json`` records both). The rows are the
 variants of ``benchmarks/variants.yaml``.
 
 Outputs: ``<out>/<dataset>.json`` (raw results and aggregates), ``<out>/<dataset>.md`` and the
@@ -18,10 +20,12 @@ PNGs ``<out>/<dataset>-{auc,buckets,cost,stages}.png`` it embeds.
 """
 
 import argparse
+import itertools
 import os
 import shlex
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from benchmarks import registry, runs
 from benchmarks.common import FIRST_SEED, QUICK_ARGS
@@ -35,8 +39,9 @@ class Queue:
     """One benchmark's (variant, seed) pairs, handled in execution order (a ``backbone_from`` row
     before the rows that take their backbone from it); ``records`` keeps each pair's record."""
 
-    def __init__(self, dataset, runs_dir, quick, extra_args, resume, report_only, timeout, accept, log):
+    def __init__(self, dataset, runs_dir, quick, extra_args, resume, report_only, timeout, accept, log, jobs=1):
         self.dataset, self.runs_dir, self.quick, self.extra_args = dataset, runs_dir, quick, list(extra_args)
+        self.jobs, self.threads = jobs, runs.threads_per_job(jobs)
         self.resume, self.report_only, self.timeout, self.accept, self.log = \
             resume or report_only, report_only, timeout, tuple(accept), log
         self.dataset_cfg = dataset_yaml(dataset)
@@ -93,7 +98,7 @@ class Queue:
                                       f"(saved/ of another machine or cleaned): run {source[0]} seed {seed} again "
                                       f"(move its result JSON out of its run folder)"}
         return runs.run_one(name, seed, self.dataset, self.runs_dir, self.quick, self.extra_args, None,
-                            self.dataset_cfg, self.timeout, source, checkpoint)
+                            self.dataset_cfg, self.timeout, source, checkpoint, self.threads, self.jobs)
 
     def count_reusable(self, pairs):
         """How many pairs --resume will reuse, for the first log line (decided again per pair: a
@@ -112,13 +117,15 @@ class Queue:
 
 def run_benchmark(dataset, names, seeds, out, quick=False, extra_args=(), resume=False, command="", data_dir=None,
                   data_settings=None, timeout=None, log=print, report_only=False, references=(), accept=(),
-                  runs_dir=None):
+                  runs_dir=None, jobs=1):
     """Run (or reuse) every (variant, seed) and write the report; returns the report dict.
 
     ``report_only``: run nothing; the report is made of the finished runs (as with ``resume``)
     and lists the (variant, seed) pairs that have none as not run. ``runs_dir``: the folder of
     the datasets' run folders (default ``<out>/runs``). ``accept``: props keys whose changed
     default does not make a finished run stale (the report lists the runs reused that way).
+    ``jobs``: runs at once, each with its share of the cores as torch threads; a row that takes
+    its backbone from another waits for that run.
     """
     unknown = [n for n in names if n not in registry.variants()]
     if unknown:
@@ -127,7 +134,7 @@ def run_benchmark(dataset, names, seeds, out, quick=False, extra_args=(), resume
     if missing:
         raise ValueError("; ".join(f"{n} takes its backbone from {s}: add {s} to the models" for n, s in missing.items()))
     runs_dir = os.path.join(runs_dir or os.path.join(out, "runs"), dataset)
-    queue = Queue(dataset, runs_dir, quick, extra_args, resume, report_only, timeout, accept, log)
+    queue = Queue(dataset, runs_dir, quick, extra_args, resume, report_only, timeout, accept, log, jobs)
     if data_dir is None:
         need_files = any(registry.model_of(n) is None for n in names)
         data_dir, data_settings = resolve_data(dataset, queue.extra_args, prepare=need_files)
@@ -135,14 +142,28 @@ def run_benchmark(dataset, names, seeds, out, quick=False, extra_args=(), resume
     pairs = runs.plan(names, seeds)
     order = runs.execution_order(pairs)
     log(f"benchmark {dataset}: {len(pairs)} runs ({queue.count_reusable(pairs) if queue.resume else 0} reused), "
-        f"output {out}")
-    for index, (name, seed) in enumerate(order, 1):
+        f"{jobs} at a time with {queue.threads} thread(s) each, output {out}")
+    done = itertools.count(1)
+
+    def one(name, seed, waits_for=None):
+        if waits_for is not None:
+            waits_for.result()  # the run this row takes its backbone from
         if registry.model_of(name) is None:
             record = queue.pop(data_dir, data_settings)
         else:
             record = queue.learned(name, seed)
         queue.records[(name, seed)] = record
-        log(runs.progress_line(index, len(order), record))
+        log(runs.progress_line(next(done), len(order), record))
+
+    # Sources come before the rows that read them in ``order``, so a waiting row's source has
+    # already started: the pool never waits on work it has not begun.
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {}
+        for name, seed in order:
+            source = registry.backbone_source(name)
+            futures[(name, seed)] = pool.submit(one, name, seed, futures.get((source, seed)))
+        for future in futures.values():
+            future.result()
     records = [queue.records[pair] for pair in pairs]
     settings = {"models": list(names), "seeds": list(seeds), "quick": quick,
                 "extra_args": queue.extra_args, "resume": queue.resume, "report_only": report_only}
@@ -168,6 +189,8 @@ def parse_args(argv=None):
     parser.add_argument("--report_only", action="store_true",
                         help="run nothing: write the report from the finished runs (as --resume) and list the missing ones")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per run (default none)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once; each gets cores // jobs torch threads (recorded in benchmark-run.json)")
     parser.add_argument("--references", default="",
                         help="comma list of CELA variants the report compares with every row (default: CELA); "
                              "the first also with DIN, each further one with its own backbone's ID-only row")
@@ -194,6 +217,10 @@ def main(argv=None):
     if missing:
         sys.exit("error: " + "; ".join(f"{n} takes its backbone from {s}: add {s} to --models"
                                        for n, s in missing.items()))
+    try:
+        runs.threads_per_job(args.jobs)
+    except ValueError as error:
+        sys.exit(f"error: {error}")
     seeds = [FIRST_SEED + i for i in range(1 if args.quick else args.seeds)]
     extra = shlex.split(args.extra)
     bad = [a for a in extra if not a.startswith("--") or "=" not in a]
@@ -207,6 +234,6 @@ def main(argv=None):
         run_benchmark(args.dataset, names, seeds, args.out, args.quick, extra, args.resume,
                       command="python -m benchmarks " + shlex.join(argv), timeout=args.timeout,
                       log=lambda line: print(line, flush=True), report_only=args.report_only, references=refs,
-                      accept=_names(args.accept_stale), runs_dir=args.runs_dir)
+                      accept=_names(args.accept_stale), runs_dir=args.runs_dir, jobs=args.jobs)
     except PluginConfigError as error:
         sys.exit(f"error: {error}")

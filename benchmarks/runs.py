@@ -33,6 +33,20 @@ FROM_ROW = "<from its backbone_from row>"  # stands for the checkpoint path when
 
 
 # ------------------------------------------------------------------------------ commands
+def usable_cores():
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def threads_per_job(jobs):
+    """Torch threads for each of ``jobs`` runs at once, so that jobs x threads never exceeds the
+    cores (more threads than cores make every run wait for the others)."""
+    cores = usable_cores()
+    if jobs < 1 or jobs > cores:
+        raise ValueError(f"--jobs={jobs}: between 1 and the {cores} cores this process may use")
+    return cores // jobs
+
+
 def runner_command():
     """The runner as a module of the installed (or checked-out) library."""
     return [sys.executable, "-m", "recbole_cela"]
@@ -60,7 +74,7 @@ def comparable(argv, from_row=False):
     and with ``from_row`` the backbone checkpoint's path replaced by ``FROM_ROW``."""
     out = []
     for a in argv:
-        if a.startswith("--results_dir="):
+        if a.startswith(("--results_dir=", "--threads=")):  # where and how fast, not what it computes
             continue
         if from_row and a.startswith(CHECKPOINT_KEY + "="):
             a = f"{CHECKPOINT_KEY}={FROM_ROW}"
@@ -316,10 +330,11 @@ def _start(command, folder, log_path, lock, timeout):
 
 
 def run_one(name, seed, dataset, runs_dir, quick=False, extra_args=(), table=None, dataset_cfg=None,
-            timeout=None, source=None, checkpoint=None):
+            timeout=None, source=None, checkpoint=None, threads=None, jobs=1):
     """Run the runner for one (variant, seed) in a subprocess; a run record (never raises).
     ``source``/``checkpoint``: for a ``backbone_from`` variant, the run it takes its backbone
-    from ((row, seed, result file name)) and that run's checkpoint."""
+    from ((row, seed, result file name)) and that run's checkpoint. ``threads``: the runner's torch
+    threads (its ``--threads``), ``jobs``: how many runs the benchmark runs at once (recorded)."""
     from recbole_cela.fileio import atomic_write_json
 
     folder = os.path.abspath(run_folder(runs_dir, name, seed))
@@ -330,7 +345,7 @@ def run_one(name, seed, dataset, runs_dir, quick=False, extra_args=(), table=Non
     except Exception as error:  # e.g. a dataset config without text fields
         record.update(status="failed", returncode=None, elapsed_s=0.0, error_tail=repr(error))
         return record
-    command = [*runner_command(), *args, f"--results_dir={folder}"]
+    command = [*runner_command(), *args, f"--results_dir={folder}"] + ([f"--threads={threads}"] if threads else [])
     record["command"] = shlex.join(command)
     lock = os.path.join(folder, RUN_LOCK)
     owner = take_lock(lock)
@@ -365,7 +380,8 @@ def run_one(name, seed, dataset, runs_dir, quick=False, extra_args=(), table=Non
     atomic_write_json(os.path.join(folder, RUN_RECORD), {
         "variant": name, "seed": seed, "command": record["command"], "status": record["status"],
         "result_file": os.path.basename(record.get("result_file") or "") or None,
-        "elapsed_s": record["elapsed_s"], "other_cpu_cores": record["other_cpu_cores"], "backbone_from": came})
+        "elapsed_s": record["elapsed_s"], "other_cpu_cores": record["other_cpu_cores"], "backbone_from": came,
+        "jobs": jobs, "threads": threads, "cores": usable_cores()})
     return record
 
 

@@ -20,4 +20,4 @@ def build_model(model_class, config, dataset):
     return install_fast_layers(model_class(config, dataset), config)
 
 
-__all__ = ["CELA", "DINUser", "FLIP", "PLUGIN_MODELS", "build_model", "get_model"]
+__all__ = ["CELA", "DINUser", "FLIP", "PLUGIN_MODELS", "build_model", "get_model", "install_fast_layers"]
