@@ -179,7 +179,8 @@ def _from_pretrained(cls, path):
         hf_logging.set_verbosity(verbosity)
     if is_decoder(model.config):
         model.config.use_cache = False  # the text stages never generate: no key/value cache
-    return model
+    # Weights saved in half precision still train and encode in fp32; bf16 comes from autocast (text_amp).
+    return model.float()
 
 
 def load_encoder(path, masked_lm=False):
