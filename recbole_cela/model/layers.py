@@ -8,7 +8,9 @@ histories are shorter than ``MAX_ITEM_LIST_LENGTH``. The layers here compute:
 * :class:`PerItemSeqEmbLayer`: the item side of ``ContextSeqEmbLayer`` once per *distinct item* of
   the batch (RecBole's own code, on a [distinct items, 1] batch), then gathered per slot;
 * :class:`ValidSlotAttLayer`: ``SequenceAttLayer``'s MLP on the valid history slots only; padded
-  slots get weight 0, as RecBole's mask gives them, and no gradient, as there;
+  slots get weight 0, as RecBole's mask gives them, and no gradient, as there. Its first linear
+  layer, over [query, key, query - key, query * key], is split by linearity so that the query's
+  part is computed once per row;
 * :func:`embed_token_seq_fields_bag` and :func:`first_order_token_seq_bag`: a context-aware
   model's ``token_seq`` pooling (mean or sum) and its first-order term's, with ``embedding_bag``,
   which skips padding instead of multiplying it by a zero mask.
@@ -23,6 +25,7 @@ the same on either path.
 import types
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import ContextRecommender
 from recbole.model.layers import ContextSeqEmbLayer, FMFirstOrderLinear, SequenceAttLayer
@@ -53,8 +56,18 @@ class ValidSlotAttLayer(SequenceAttLayer):
         batch, hist_len, width = keys.shape
         valid = torch.arange(hist_len, device=keys.device).unsqueeze(0) < keys_length.unsqueeze(1)
         rows, slots = valid.nonzero(as_tuple=True)
-        query, key = queries[rows], keys[rows, slots]
-        score = self.dense(self.att_mlp_layers(torch.cat([query, key, query - key, query * key], dim=-1)))
+        key = keys[rows, slots]
+        layers = self.att_mlp_layers.mlp_layers
+        if isinstance(layers[0], nn.Dropout) and layers[0].p == 0 and isinstance(layers[1], nn.Linear):
+            # The first Linear over [q, k, q - k, q * k] is W_q q + W_k k + W_d (q - k) + W_p (q * k):
+            # its query part is computed once per row instead of once per history slot.
+            w_q, w_k, w_d, w_p = layers[1].weight.split(width, dim=1)
+            per_row = F.linear(queries, w_q + w_d, layers[1].bias)
+            hidden = per_row[rows] + F.linear(torch.cat([key, queries[rows] * key], dim=-1), torch.cat([w_k - w_d, w_p], dim=1))
+            score = self.dense(layers[2:](hidden))
+        else:
+            query = queries[rows]
+            score = self.dense(self.att_mlp_layers(torch.cat([query, key, query - key, query * key], dim=-1)))
         weights = keys.new_zeros(batch, hist_len).index_put((rows, slots), score.squeeze(-1))
         return torch.matmul((weights / width**0.5).unsqueeze(1), keys)
 
