@@ -8,9 +8,9 @@ A run of model ``M`` on dataset ``D`` reads, a later source winning:
 3. ``dataset_configs/<D>.yaml``;
 4. the user's ``--config_files``, ``config_dict`` and ``--key=value`` command line.
 
-A plugin model may then resolve settings whose default depends on more than the config
-(``resolve_config``: CELA's text pooling follows its encoder's architecture) or refuse settings it
-cannot use, before any data is read or converted.
+A plugin model (:class:`recbole_cela.model.protocol.PluginModel`) may then resolve settings whose
+default depends on more than the config (``resolve_config``: CELA's text pooling follows its
+encoder's architecture) or refuse settings it cannot use, before any data is read or converted.
 
 A plugin model built on an ID backbone (``backbone_key``: CELA's ``backbone``, FLIP's
 ``flip_backbone``) reads the *backbone's* RecBole defaults in step 1 and ``props/<BACKBONE>.yaml``
@@ -25,6 +25,7 @@ declaration in its props comment (:mod:`recbole_cela.settings`).
 import os
 
 from recbole_cela.distributed import Config as DistributedConfig
+from recbole_cela.model.protocol import plugin_protocol
 from recbole_cela.settings import check_choice, check_settings
 from recbole_cela.utils import PluginConfigError, dataset_config_file, known_datasets, props_file
 
@@ -35,15 +36,16 @@ class Config(DistributedConfig):
     as soon as RecBole's defaults are known, before ``Config`` starts a process group."""
 
     def _load_internal_config_dict(self, model, model_class, dataset):
-        key = getattr(model_class, "backbone_key", None)
+        plugin = plugin_protocol(model_class)
+        key = plugin.backbone_key
         backbone = None
         if key:
             backbone = self.external_config_dict.get(key)
             if not backbone:
                 raise PluginConfigError(f"{model_class.__name__} needs '{key}': the ID model it builds on.")
-            check_choice(key, backbone, model_class.backbone_choices(),
+            check_choice(key, backbone, plugin.backbone_choices(),
                          f"one of the ID models {model_class.__name__} builds on")
-            model, model_class = backbone, model_class.backbone_class(backbone)
+            model, model_class = backbone, plugin.backbone_class(backbone)
         super()._load_internal_config_dict(model, model_class, dataset)
         check_settings(self.external_config_dict, config_files(self.model, dataset, backbone=backbone),
                        self.internal_config_dict)
@@ -72,12 +74,10 @@ def build_config(model, dataset, config_file_list=None, config_dict=None):
         return Config(model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict)
 
     config = make()
-    backbone_key = getattr(model_class, "backbone_key", None)
-    if backbone_key:  # the backbone's own props come before the model's
-        config = make(config[backbone_key])
-    resolve = getattr(model_class, "resolve_config", None)
-    if resolve:  # settings whose default depends on files (e.g. the text encoder's kind), before any data is read
-        resolve(config)
+    plugin = plugin_protocol(model_class)
+    if plugin.backbone_key:  # the backbone's own props come before the model's
+        config = make(config[plugin.backbone_key])
+    plugin.resolve_config(config)  # e.g. what follows from the text encoder's kind, before any data is read
     if config["source_format"]:
         # RecBole hard-wires ml-100k's data_path to its bundled raw copy; converted datasets
         # always live in <data_path>/<dataset> (default dataset/<dataset>).
