@@ -88,6 +88,16 @@ def backbone_config(config, backbone):
     return out
 
 
+def holdout_split(n, valid_ratio, seed, take=None, first=0):
+    """Ids ``first`` .. ``first + n - 1`` shuffled with ``seed`` (only the first ``take`` of them
+    when given) as (train, valid): ``valid_ratio`` of them, at least one, held out for early
+    stopping. CELA's text stages split the items (the padding item 0 left out: ``first=1``),
+    FLIP's pretraining a sample of the training rows."""
+    ids = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:take] + first
+    n_valid = max(1, int(round(valid_ratio * len(ids))))
+    return ids[n_valid:], ids[:n_valid]
+
+
 def param_groups(model, encoder_lr=None, other_lr=None):
     """Optimizer groups of ``model``'s trainable weights: those of ``model.encoder`` (a pretrained
     text encoder) at ``encoder_lr``, every other one at ``other_lr``; None keeps the optimizer's
