@@ -60,6 +60,19 @@ def merge_args(*groups):
     return list(merged.values())
 
 
+def config_overrides(items):
+    """``--key=value`` arguments -> ``{key: value text}`` for a ``config_dict``: RecBole's ``Config``
+    converts each text as it converts its own command line (numbers, lists, dicts, True/False/None),
+    so a tool's overrides mean what they mean to the runner."""
+    out = {}
+    for item in items:
+        if not item.startswith("--") or "=" not in item:
+            raise SystemExit(f"error: expected --key=value, got '{item}'")
+        key, text = item[2:].split("=", 1)
+        out[key] = text
+    return out
+
+
 @contextlib.contextmanager
 def argv(args):
     """RecBole's ``Config`` reads ``sys.argv``: give it only the runner overrides we mean."""

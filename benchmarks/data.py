@@ -8,6 +8,15 @@ import numpy as np
 from benchmarks.common import SPLITS, argv
 
 
+def write_atomic_file(frame, path):
+    """A DataFrame with ``name:type`` columns as a RecBole atomic file, atomically."""
+    from recbole_cela.fileio import atomic_open
+
+    with atomic_open(path, "w") as f:
+        frame.to_csv(f, sep="\t", index=False, quoting=3, lineterminator="\n")
+    return path
+
+
 def dataset_yaml(dataset):
     """The dataset config (``dataset_configs/<dataset>.yaml`` as the library finds it) as a dict
     ({} when there is none)."""

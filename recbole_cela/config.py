@@ -22,12 +22,29 @@ starts: the backbone against the ID models the plugin model builds on, every oth
 declaration in its props comment (:mod:`recbole_cela.settings`).
 """
 
+import contextlib
 import os
+import sys
 
+from recbole_cela.compat import plain
 from recbole_cela.distributed import Config as DistributedConfig
 from recbole_cela.model.protocol import plugin_protocol
 from recbole_cela.settings import check_choice, check_settings
 from recbole_cela.utils import PluginConfigError, dataset_config_file, known_datasets, props_file
+
+
+# Resolved settings that change where things are read or written, what is logged, or which
+# device computes, but not what a run computes (run_settings, and the stage keys of
+# recbole_cela.trainer.stage). The data enters the stage keys by its content, not its path.
+NON_SEMANTIC_KEYS = frozenset({
+    # paths
+    "data_path", "source_path", "checkpoint_dir", "results_dir", "cela_dir", "flip_dir", "backbone_checkpoint",
+    "dataset_save_path", "dataloaders_save_path", "save_dataset", "save_dataloaders",
+    # logging and progress bars
+    "state", "show_progress", "verbose", "log_wandb", "wandb_project",
+    # devices and processes (a distributed stage computes the single-process steps: docs/distributed.md)
+    "gpu_id", "use_gpu", "device", "single_spec", "local_rank", "world_size", "nproc", "ip", "port", "offset",
+})
 
 
 class Config(DistributedConfig):
@@ -92,3 +109,27 @@ def build_config(model, dataset, config_file_list=None, config_dict=None):
                 f"config for yours (copy dataset_configs/amazon-sports.yaml)."
             )
     return model_class, config
+
+
+@contextlib.contextmanager
+def command_line(args):
+    """RecBole's ``Config`` reads ``--key=value`` settings from ``sys.argv``: while a config is
+    built here, ``args`` stand there instead of the calling process's own arguments."""
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "recbole_cela", *args]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def run_settings(model, dataset, config_file_list=None, args=()):
+    """The settings a run of ``model`` on ``dataset`` computes with, as its result file records them
+    (plain values), resolved exactly as the runner resolves them and without reading any data:
+    the config files in the runner's order (:func:`config_files`), then ``config_file_list``, then
+    ``args`` (``--key=value``, read by RecBole as the runner's command line is), then what the model
+    resolves itself (``resolve_config``, e.g. ``text_pooling: auto``). Left out: the settings that
+    only say where files are, what is logged or which device computes (:data:`NON_SEMANTIC_KEYS`)."""
+    with command_line(args):
+        _, config = build_config(model, dataset, config_file_list)
+    return {k: plain(v) for k, v in config.final_config_dict.items() if k not in NON_SEMANTIC_KEYS}

@@ -39,6 +39,7 @@ from recbole.trainer import Trainer
 from recbole.utils import set_color
 
 from recbole_cela.compat import plain
+from recbole_cela.config import NON_SEMANTIC_KEYS
 from recbole_cela.distributed import barrier, broadcast_object, is_main, world_size
 from recbole_cela.fileio import atomic_torch_save, atomic_write_json, data_fingerprint, fingerprint, read_json
 from recbole_cela.utils import init_seed, props_keys
@@ -51,20 +52,6 @@ except ImportError:  # pragma: no cover - Windows: no flock, so runs at once are
 MARKER = "stage.json"
 TEMPORARY = ".tmp-"
 WAIT_POLL_S = 1.0  # how often a run waiting for another process's artifact looks again
-
-# Resolved settings that change where things are read or written, what is logged, or which
-# device computes, but not what a stage computes; every other resolved key of a backbone run is
-# part of its key (backbone_settings). The data enters the keys by its content, not its path.
-NON_SEMANTIC_KEYS = frozenset({
-    # paths
-    "data_path", "source_path", "checkpoint_dir", "results_dir", "cela_dir", "flip_dir", "backbone_checkpoint",
-    "dataset_save_path", "dataloaders_save_path", "save_dataset", "save_dataloaders",
-    # logging and progress bars
-    "state", "show_progress", "verbose", "log_wandb", "wandb_project",
-    # devices and processes (a distributed stage computes the single-process steps: docs/distributed.md)
-    "gpu_id", "use_gpu", "device", "single_spec", "local_rank", "world_size", "nproc", "ip", "port", "offset",
-})
-
 
 def backbone_settings(values, backbone):
     """Every resolved setting an ID-backbone stage depends on, from a run's resolved config
