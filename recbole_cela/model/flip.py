@@ -9,10 +9,11 @@ class is the *fine-tuned* model that RecBole trains and evaluates, with ``flip_f
 * ``id``: the backbone alone (its logit);
 * ``text``: the encoder alone, pooled sentence vector -> linear head;
 * ``joint`` (FLIP proper): both (with ``flip_freeze_backbone`` the warmed-up backbone is frozen,
-  batch-norm statistics included, and only the text tower and the weights train), final logit = w_id * ID logit + w_text * text logit with the two
-  weights learnable. They start at 1 and the text head's last layer at zero, so fine-tuning starts
-  exactly from the (pretrained, warmed-up) ID model and learns the text's correction; a convex
-  mix starting at 0.5 would halve the warmed-up ID logit at the first step (docs/FLIP.md).
+  batch-norm statistics included, and only the text tower and the weights train), final logit =
+  w_id * ID logit + w_text * text logit with the two weights learnable. They start at 1 and the
+  text head's last layer at zero, so fine-tuning starts exactly from the (pretrained, warmed-up)
+  ID model and learns the text's correction; a convex mix starting at 0.5 would halve the
+  warmed-up ID logit at the first step (docs/FLIP.md).
 
 The text strategies build each batch's prompts on the fly from RecBole's interaction (user id,
 item id, history), so ``predict`` works on RecBole's own evaluation batches. The encoder reads
