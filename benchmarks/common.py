@@ -1,8 +1,6 @@
 """Small pieces the benchmark modules share: statistics, nested lookups, argument lists, CPU load."""
 
-import contextlib
 import math
-import sys
 
 import numpy as np
 
@@ -71,17 +69,6 @@ def config_overrides(items):
         key, text = item[2:].split("=", 1)
         out[key] = text
     return out
-
-
-@contextlib.contextmanager
-def argv(args):
-    """RecBole's ``Config`` reads ``sys.argv``: give it only the runner overrides we mean."""
-    saved = sys.argv
-    sys.argv = [saved[0] if saved else "benchmark", *args]
-    try:
-        yield
-    finally:
-        sys.argv = saved
 
 
 def cpu_snapshot():
