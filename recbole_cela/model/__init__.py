@@ -4,6 +4,7 @@ from recbole_cela.model.backbones import PLUGIN_BACKBONES, get_backbone
 from recbole_cela.model.cela import CELA
 from recbole_cela.model.din_user import DINUser
 from recbole_cela.model.flip import FLIP
+from recbole_cela.model.protocol import PluginModel
 
 PLUGIN_MODELS = {"CELA": CELA, "FLIP": FLIP, **PLUGIN_BACKBONES}
 
@@ -13,4 +14,4 @@ def get_model(name):
     return PLUGIN_MODELS.get(name) or get_backbone(name, known=PLUGIN_MODELS)
 
 
-__all__ = ["CELA", "DINUser", "FLIP", "PLUGIN_MODELS", "get_model"]
+__all__ = ["CELA", "DINUser", "FLIP", "PLUGIN_MODELS", "PluginModel", "get_model"]
