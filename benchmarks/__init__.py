@@ -12,7 +12,7 @@ working directory), with the library installed editable or not:
 * ``python -m benchmarks.new_items``: items held out of training, added back from their text.
 
 Only the library's public API is used: the runner (``python -m recbole_cela``), its config
-(``recbole_cela.config.build_config``, ``recbole_cela.utils.props_file`` / ``dataset_config_file``),
-data preparation, evaluation, io (``recbole_cela.fileio``) and the text and model parts the cost
-tools measure.
+(``recbole_cela.config.build_config``, ``run_settings``: a run's resolved settings,
+``recbole_cela.utils.props_file`` / ``dataset_config_file``), data preparation, evaluation, io
+(``recbole_cela.fileio``) and the text and model parts the cost tools measure.
 """

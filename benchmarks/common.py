@@ -1,8 +1,6 @@
 """Small pieces the benchmark modules share: statistics, nested lookups, argument lists, CPU load."""
 
-import contextlib
 import math
-import sys
 
 import numpy as np
 
@@ -60,15 +58,17 @@ def merge_args(*groups):
     return list(merged.values())
 
 
-@contextlib.contextmanager
-def argv(args):
-    """RecBole's ``Config`` reads ``sys.argv``: give it only the runner overrides we mean."""
-    saved = sys.argv
-    sys.argv = [saved[0] if saved else "benchmark", *args]
-    try:
-        yield
-    finally:
-        sys.argv = saved
+def config_overrides(items):
+    """``--key=value`` arguments -> ``{key: value text}`` for a ``config_dict``: RecBole's ``Config``
+    converts each text as it converts its own command line (numbers, lists, dicts, True/False/None),
+    so a tool's overrides mean what they mean to the runner."""
+    out = {}
+    for item in items:
+        if not item.startswith("--") or "=" not in item:
+            raise SystemExit(f"error: expected --key=value, got '{item}'")
+        key, text = item[2:].split("=", 1)
+        out[key] = text
+    return out
 
 
 def cpu_snapshot():

@@ -5,7 +5,16 @@ import time
 
 import numpy as np
 
-from benchmarks.common import SPLITS, argv
+from benchmarks.common import SPLITS
+
+
+def write_atomic_file(frame, path):
+    """A DataFrame with ``name:type`` columns as a RecBole atomic file, atomically."""
+    from recbole_cela.fileio import atomic_open
+
+    with atomic_open(path, "w") as f:
+        frame.to_csv(f, sep="\t", index=False, quoting=3, lineterminator="\n")
+    return path
 
 
 def dataset_yaml(dataset):
@@ -39,9 +48,9 @@ def resolve_data(dataset, extra_args, prepare=False):
 
     With ``prepare`` the raw data is converted first when it has not been (what any run does).
     """
-    from recbole_cela.config import build_config
+    from recbole_cela.config import build_config, command_line
 
-    with argv(extra_args):
+    with command_line(extra_args):
         _, config = build_config("LR", dataset)
     if prepare:
         from recbole_cela.data import prepare_from_config

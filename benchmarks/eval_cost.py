@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.common import cost_tool_parser, cpu_snapshot, own_cpu, write_md_json
+from benchmarks.common import cost_tool_parser, config_overrides, cpu_snapshot, own_cpu, write_md_json
 
 
 def measure(dataset, rounds=5, overrides=None, log=print, config_file_list=None):
@@ -116,14 +116,12 @@ def main(argv=None):
     args, rest = parser.parse_known_args(argv)
     name = args.name or args.dataset
     from recbole_cela.fileio import read_json
-    from recbole_cela.utils import parse_overrides
 
     if args.report_only:
         result = read_json(os.path.join(args.out, f"{name}-eval-cost.json"))
         print(f"report: {write_report(result, args.out, result['command'], result['date'], name)}")
         return
-    overrides = parse_overrides(rest)
-    result = measure(args.dataset, args.rounds, overrides)
+    result = measure(args.dataset, args.rounds, config_overrides(rest))
     path = write_report(result, args.out, "python -m benchmarks.eval_cost " + shlex.join(argv), name=name)
     print(f"CELA / {result['backbone']} throughput: {result['ratio']:.2f}x; report: {path}")
 

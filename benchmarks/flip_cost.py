@@ -33,7 +33,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.common import cost_tool_parser, cpu_snapshot, own_cpu, write_md_json
+from benchmarks.common import cost_tool_parser, config_overrides, cpu_snapshot, own_cpu, write_md_json
 
 
 def _models(dataset, overrides, config_file_list):
@@ -194,13 +194,12 @@ def main(argv=None):
     parser.add_argument("--train_batches", type=int, default=8)
     args, rest = parser.parse_known_args(argv)
     from recbole_cela.fileio import read_json
-    from recbole_cela.utils import parse_overrides
 
     if args.report_only:
         result = read_json(os.path.join(args.out, f"{args.dataset}-flip-cost.json"))
         print(f"report: {write_report(result, args.out, result['command'], result['date'])}")
         return
-    result = measure(args.dataset, args.rounds, args.eval_rows, args.train_batches, parse_overrides(rest))
+    result = measure(args.dataset, args.rounds, args.eval_rows, args.train_batches, config_overrides(rest))
     path = write_report(result, args.out, "python -m benchmarks.flip_cost " + shlex.join(argv))
     print(f"report: {path}")
 

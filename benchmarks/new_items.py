@@ -33,10 +33,12 @@ from sklearn.metrics import roc_auc_score
 
 from recbole_cela.config import build_config
 from recbole_cela.data import prepare_from_config
-from recbole_cela.fileio import atomic_write, atomic_write_json, read_atomic_file, read_json, write_atomic_file
+from benchmarks.common import config_overrides
+from benchmarks.data import write_atomic_file
+from recbole_cela.fileio import atomic_write, atomic_write_json, read_atomic_file, read_json
 from recbole_cela.new_items import NewItemScorer, read_items_file
 from recbole_cela.quick_start import run_recbole_cela
-from recbole_cela.utils import dataset_config_file, parse_overrides
+from recbole_cela.utils import dataset_config_file
 
 
 def _read(path):
@@ -145,6 +147,7 @@ def run_benchmark(dataset, n_items, seed, out, overrides, base_dir, command, con
     start = time.time()
     files = config_files or [f for f in [dataset_config_file(dataset)] if f]
     _, config = build_config("CELA", dataset, files, {"data_path": base_dir, **overrides})
+    overrides = {k: config[k] for k in overrides}  # as RecBole converted them from the command line
     prepare_from_config(config)
     source_dir = config["data_path"]
     test = _read(os.path.join(source_dir, f"{dataset}.test.inter"))
@@ -206,7 +209,7 @@ def main(argv=None):
         report = read_json(os.path.join(args.out, f"{args.dataset}-new-items.json"))
         atomic_write(os.path.join(args.out, f"{args.dataset}-new-items.md"), render(report))
         return
-    overrides = parse_overrides(rest)
+    overrides = config_overrides(rest)
     command = "python -m benchmarks.new_items " + " ".join(argv if argv is not None else sys.argv[1:])
     sys.argv = sys.argv[:1]  # RecBole's Config reads sys.argv: the overrides go through config_dict
     report = run_benchmark(args.dataset, args.n_items, args.seed, args.out, overrides, args.base_dir, command)

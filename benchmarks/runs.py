@@ -101,49 +101,29 @@ def stale_defaults(result, args, accept=()):
     """Keys of ``props/<MODEL>.yaml`` whose default changed since ``result`` ran: the run recorded
     another value and ``args`` do not set the key, so the same command now runs something else;
     for a run over a backbone (CELA), also the backbone's own settings that resolve otherwise today.
-    A key's default is the props value, or that of the dataset config or of a file of the
-    command's ``--config_files`` where they set the key too. (A key the run did not record did not
-    exist yet: it ran what is now that key's default.) Keys in ``accept`` are not checked (the
-    report says which runs were reused that way)."""
-    from recbole_cela.utils import dataset_config_file, props_file, read_yaml
+    Today's values are what the same command resolves (``recbole_cela.config.run_settings``: the
+    props, the dataset config and the command's ``--config_files``, then a ~ or auto default
+    decided, e.g. text_pooling by the encoder's architecture). A key the run did not record did not
+    exist yet: it ran what is now that key's default. Keys in ``accept`` are not checked (the report
+    says which runs were reused that way). A command that no longer resolves today (a setting now
+    refused) is compared with nothing: running it again would fail."""
+    from recbole_cela.utils import props_keys
 
-    path = props_file(result.get("model") or "")
+    own = props_keys(result.get("model") or "")
     recorded = result.get("config") or {}
-    if not path:
+    if not own:
         return []
     # The dataset as the command names it today (a run may have recorded a dataset's former name).
     dataset = next((a.split("=", 1)[1] for a in args if a.startswith("--dataset=")), result.get("dataset") or "")
-    files = [dataset_config_file(dataset)]
-    files += [f for a in args if a.startswith("--config_files=") for f in a.split("=", 1)[1].split()]
-    defaults = dict(read_yaml(path))
-    for file in (f for f in files if f and os.path.isfile(f)):
-        defaults.update({k: v for k, v in read_yaml(file).items() if k in defaults})
-    given = {a[2:].split("=", 1)[0] for a in args if a.startswith("--")}
-    stale = [k for k, v in defaults.items()
-             if k in recorded and k not in given and k not in accept and recorded[k] != v]
-    # A default of ~ or auto is decided when the config is built (e.g. text_pooling follows the
-    # encoder's architecture) and the run recorded what it was decided as: compare with what the
-    # same command decides today.
-    deferred = [k for k in stale if defaults[k] is None or defaults[k] == "auto"]
-    backbone = recorded.get("backbone")
-    if deferred or backbone:
-        config = _resolved_config(result.get("model"), dataset, tuple(args))
-        if config is not None:
-            stale = [k for k in stale if k not in deferred or recorded[k] != config[k]]
-            if backbone:  # the backbone's own settings (RecBole's and props/<BACKBONE>.yaml) moved too
-                stale += _stale_backbone_settings(recorded, config, backbone, given | set(accept) | set(stale))
+    now = _resolved_settings(result.get("model"), dataset, tuple(args))
+    if now is None:
+        return []
+    skip = {a[2:].split("=", 1)[0] for a in args if a.startswith("--")} | set(accept)
+    stale = [k for k in own if k in recorded and k not in skip and recorded[k] != now.get(k)]
+    if recorded.get("backbone"):  # the backbone's own settings (RecBole's and props/<BACKBONE>.yaml) moved too
+        stale += [k for k in now if k not in own and k in recorded and k not in skip and k not in _NOT_RESOLVING
+                  and recorded[k] != now[k]]
     return sorted(stale)
-
-
-def _stale_backbone_settings(recorded, config, backbone, skip):
-    """Settings of the backbone inside a CELA/FLIP run that the same command resolves otherwise
-    today (e.g. DeepFM's embedding_size once CELA stopped imposing DIN's); keys the run did not
-    record did not exist yet."""
-    from recbole_cela.trainer.stage import backbone_settings
-
-    then = backbone_settings(recorded, backbone)
-    now = backbone_settings(config.final_config_dict, backbone)
-    return [k for k in now if k in then and k not in skip and k not in _NOT_RESOLVING and then[k] != now[k]]
 
 
 # Runner flags that are not settings, settings that decide nothing another setting defaults to
@@ -153,29 +133,24 @@ _NOT_RESOLVING = {"model", "dataset", "config_files", "nproc", "ip", "port", "wo
                   "seed", "results_dir", "show_progress", "backbone_checkpoint", "repeatable"}
 
 
-def _resolved_config(model, dataset, args):
-    """The RecBole config the runner builds today for ``args`` (no data is read), or None when it
-    cannot be built any more (the report then compares the props values as written)."""
+def _resolved_settings(model, dataset, args):
+    """The settings the runner resolves today for ``args`` (no data is read), or None when they
+    cannot be resolved any more."""
     items = tuple(sorted(a for a in args if a.startswith("--") and "=" in a
                          and a[2:].split("=", 1)[0] not in _NOT_RESOLVING))
     files = tuple(f for a in args if a.startswith("--config_files=") for f in a.split("=", 1)[1].split())
-    return _build_config(model, dataset, files, items)
+    return _run_settings(model, dataset, files, items)
 
 
 @functools.lru_cache(maxsize=None)
-def _build_config(model, dataset, files, items):
-    from recbole_cela.config import build_config
-    from recbole_cela.utils import PluginError, parse_overrides
+def _run_settings(model, dataset, files, items):
+    from recbole_cela.config import run_settings
+    from recbole_cela.utils import PluginError
 
     try:
-        return build_config(model, dataset, list(files) or None, parse_overrides(items))[1]
+        return run_settings(model, dataset, list(files) or None, items)
     except PluginError:
         return None
-
-
-def accepted_defaults(result, args, accept):
-    """The keys of ``accept`` whose default changed since ``result`` ran (reused anyway)."""
-    return stale_defaults(result, args) if accept else []
 
 
 def _same_source(folder, source):

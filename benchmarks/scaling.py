@@ -32,12 +32,13 @@ import time
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import STAGES
+from benchmarks.common import STAGES, config_overrides
+from benchmarks.data import write_atomic_file
 from recbole_cela.config import build_config
 from recbole_cela.data import prepare_from_config
-from recbole_cela.fileio import atomic_open, atomic_write, atomic_write_json, read_json, write_atomic_file
+from recbole_cela.fileio import atomic_open, atomic_write, atomic_write_json, read_json
 from recbole_cela.quick_start import run
-from recbole_cela.utils import dataset_config_file, parse_overrides
+from recbole_cela.utils import dataset_config_file
 
 
 def _read(path):
@@ -225,12 +226,13 @@ def main(argv=None):
     if args.report_only:
         write_outputs(read_json(os.path.join(args.out, f"{args.dataset}-scaling.json")), args.out)
         return
-    overrides = parse_overrides(rest)
+    overrides = config_overrides(rest)
     command = "python -m benchmarks.scaling " + " ".join(argv if argv is not None else sys.argv[1:])
     sys.argv = sys.argv[:1]  # RecBole's Config reads sys.argv; settings go through config_dict
 
     files = args.config_files.split() if args.config_files else [f for f in [dataset_config_file(args.dataset)] if f]
     _, config = build_config("CELA", args.dataset, files, {"data_path": args.base_dir, **overrides})
+    overrides = {k: config[k] for k in overrides}  # as RecBole converted them from the command line
     prepare_from_config(config)
     tables, item, user = base_tables(config["data_path"], args.dataset, args.base_items, args.seed)
     overrides.setdefault("seed", args.seed)

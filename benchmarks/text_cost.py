@@ -43,7 +43,6 @@ import time
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import argv as recbole_argv
 from benchmarks.common import cpu_snapshot, own_cpu
 
 WARMUP_TEXTS = 4
@@ -385,11 +384,11 @@ def dataset_texts(dataset, n_items, seed=0):
     import numpy as np
     from recbole.data import create_dataset
 
-    from recbole_cela.config import build_config
+    from recbole_cela.config import build_config, command_line
     from recbole_cela.data import prepare_from_config
     from recbole_cela.text.items import item_texts
 
-    with recbole_argv([]):
+    with command_line([]):
         _, config = build_config("CELA", dataset, None, {})
     prepare_from_config(config)
     texts = item_texts(config, create_dataset(config))

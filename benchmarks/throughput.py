@@ -29,7 +29,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.common import cost_tool_parser, cpu_snapshot, own_cpu, write_md_json
+from benchmarks.common import config_overrides, cost_tool_parser, cpu_snapshot, own_cpu, write_md_json
 
 DEFAULT_MODELS = ["DIN", "DINUser", "CELA", "LR", "FM", "DeepFM", "WideDeep", "DCNV2", "AutoInt", "xDeepFM"]
 PATHS = ("recbole", "plugin")
@@ -207,14 +207,13 @@ def main(argv=None):
     parser.add_argument("--batches", type=int, default=4)
     args, rest = parser.parse_known_args(argv)
     from recbole_cela.fileio import read_json
-    from recbole_cela.utils import parse_overrides
 
     if args.report_only:
         result = read_json(os.path.join(args.out, f"{args.dataset}-throughput.json"))
         print(f"report: {write_report(result, args.out, result['command'], result['date'])}")
         return
     threads = sorted({int(t) for t in args.threads.split(",")})
-    result = measure(args.dataset, args.models.split(","), threads, args.rounds, args.batches, parse_overrides(rest))
+    result = measure(args.dataset, args.models.split(","), threads, args.rounds, args.batches, config_overrides(rest))
     path = write_report(result, args.out, "python -m benchmarks.throughput " + shlex.join(argv))
     print(f"report: {path}")
 

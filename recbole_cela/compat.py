@@ -1,7 +1,7 @@
 """Make RecBole 1.2.1 work on today's numpy, pandas and torch, without forking it.
 
-Six problems were found with recbole 1.2.1 on numpy 2 / pandas 3 / torch >= 2.6; the patches
-below (and the pins of ``pyproject.toml``) are the plugin's only changes to process state:
+The patches below (and the pins of ``pyproject.toml``) make recbole 1.2.1 run on numpy 2 and
+torch >= 2.6; they are the plugin's only changes to process state:
 
 1. ``Config.compatibility_settings`` assigns ``np.float_`` and friends, which numpy 2 removed:
    every ``Config(...)`` crashes. We replace that one method with an equivalent that only
@@ -26,11 +26,10 @@ below (and the pins of ``pyproject.toml``) are the plugin's only changes to proc
    single process, which on a CPU (gloo) wraps the model without them.
 6. ``recbole/model/sequential_recommender/sine.py`` calls ``torch.autograd.set_detect_anomaly(True)``
    at import time, and every RecBole run imports it (``get_model`` imports the whole
-   ``sequential_recommender`` package). Anomaly mode is a debugging aid: it checks every backward
-   op's output for NaN and keeps forward stack traces, and measured here it makes a DIN training
-   step 1.75x slower (ml-100k, batch 2048, one thread: 1.18 s -> 0.67 s per batch; same losses).
-   We import that module once and switch the mode back off; ``RECBOLE_CELA_DETECT_ANOMALY=1``
-   keeps it on for debugging.
+   ``sequential_recommender`` package). Anomaly mode is a debugging aid that checks every backward
+   op's output for NaN and keeps forward stack traces, at a large cost per training step and with
+   the same results (docs/implementation-notes.md). We import that module once and switch the mode
+   back off; ``RECBOLE_CELA_DETECT_ANOMALY=1`` keeps it on for debugging.
 
 :func:`apply` is idempotent and is called when :mod:`recbole_cela` is imported.
 """
@@ -91,7 +90,11 @@ def _tensor_entries(other):
 
 
 def _safe_save_checkpoint(self, epoch, verbose=True, **kwargs):
-    """RecBole's ``Trainer._save_checkpoint`` writing a weights-only-loadable, atomic file."""
+    """RecBole's ``Trainer._save_checkpoint`` writing a weights-only-loadable, atomic file.
+
+    Not a wrapper around RecBole's: it pickles the ``Config`` object into the file in place
+    (``torch.save``), and both the state it builds and the write are what must change; the keys
+    and the rank-0 rule are RecBole's, plus the plugin's ``checkpoint_record``."""
     from recbole.utils import set_color
 
     from recbole_cela.fileio import atomic_torch_save

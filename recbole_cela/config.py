@@ -8,9 +8,9 @@ A run of model ``M`` on dataset ``D`` reads, a later source winning:
 3. ``dataset_configs/<D>.yaml``;
 4. the user's ``--config_files``, ``config_dict`` and ``--key=value`` command line.
 
-A plugin model may then resolve settings whose default depends on more than the config
-(``resolve_config``: CELA's text pooling follows its encoder's architecture) or refuse settings it
-cannot use, before any data is read or converted.
+A plugin model (:class:`recbole_cela.model.protocol.PluginModel`) may then resolve settings whose
+default depends on more than the config (``resolve_config``: CELA's text pooling follows its
+encoder's architecture) or refuse settings it cannot use, before any data is read or converted.
 
 A plugin model built on an ID backbone (``backbone_key``: CELA's ``backbone``, FLIP's
 ``flip_backbone``) reads the *backbone's* RecBole defaults in step 1 and ``props/<BACKBONE>.yaml``
@@ -22,11 +22,31 @@ starts: the backbone against the ID models the plugin model builds on, every oth
 declaration in its props comment (:mod:`recbole_cela.settings`).
 """
 
+import contextlib
 import os
+import sys
 
+from recbole_cela.compat import plain
 from recbole_cela.distributed import Config as DistributedConfig
+from recbole_cela.model.protocol import plugin_protocol
 from recbole_cela.settings import check_choice, check_settings
 from recbole_cela.utils import PluginConfigError, dataset_config_file, known_datasets, props_file
+
+
+# Resolved settings that change where things are read or written, what is logged, or which
+# device computes, but not what a run computes (run_settings, and the stage keys of
+# recbole_cela.trainer.stage). The data enters the stage keys by its content, not its path.
+NON_SEMANTIC_KEYS = frozenset({
+    # paths
+    "data_path", "source_path", "checkpoint_dir", "results_dir", "cela_dir", "flip_dir", "backbone_checkpoint",
+    "dataset_save_path", "dataloaders_save_path", "save_dataset", "save_dataloaders",
+    # logging and progress bars
+    "state", "show_progress", "verbose", "log_wandb", "wandb_project",
+    # devices and processes (a distributed stage computes the single-process steps: docs/distributed.md)
+    "gpu_id", "use_gpu", "device", "single_spec", "local_rank", "world_size", "nproc", "ip", "port", "offset",
+    # speed: the same mathematics in fewer operations or on more threads (recbole_cela/model/layers.py)
+    "fast_layers", "threads",
+})
 
 
 class Config(DistributedConfig):
@@ -35,15 +55,16 @@ class Config(DistributedConfig):
     as soon as RecBole's defaults are known, before ``Config`` starts a process group."""
 
     def _load_internal_config_dict(self, model, model_class, dataset):
-        key = getattr(model_class, "backbone_key", None)
+        plugin = plugin_protocol(model_class)
+        key = plugin.backbone_key
         backbone = None
         if key:
             backbone = self.external_config_dict.get(key)
             if not backbone:
                 raise PluginConfigError(f"{model_class.__name__} needs '{key}': the ID model it builds on.")
-            check_choice(key, backbone, model_class.backbone_choices(),
+            check_choice(key, backbone, plugin.backbone_choices(),
                          f"one of the ID models {model_class.__name__} builds on")
-            model, model_class = backbone, model_class.backbone_class(backbone)
+            model, model_class = backbone, plugin.backbone_class(backbone)
         super()._load_internal_config_dict(model, model_class, dataset)
         check_settings(self.external_config_dict, config_files(self.model, dataset, backbone=backbone),
                        self.internal_config_dict)
@@ -72,12 +93,10 @@ def build_config(model, dataset, config_file_list=None, config_dict=None):
         return Config(model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict)
 
     config = make()
-    backbone_key = getattr(model_class, "backbone_key", None)
-    if backbone_key:  # the backbone's own props come before the model's
-        config = make(config[backbone_key])
-    resolve = getattr(model_class, "resolve_config", None)
-    if resolve:  # settings whose default depends on files (e.g. the text encoder's kind), before any data is read
-        resolve(config)
+    plugin = plugin_protocol(model_class)
+    if plugin.backbone_key:  # the backbone's own props come before the model's
+        config = make(config[plugin.backbone_key])
+    plugin.resolve_config(config)  # e.g. what follows from the text encoder's kind, before any data is read
     if config["source_format"]:
         # RecBole hard-wires ml-100k's data_path to its bundled raw copy; converted datasets
         # always live in <data_path>/<dataset> (default dataset/<dataset>).
@@ -92,3 +111,27 @@ def build_config(model, dataset, config_file_list=None, config_dict=None):
                 f"config for yours (copy dataset_configs/amazon-sports.yaml)."
             )
     return model_class, config
+
+
+@contextlib.contextmanager
+def command_line(args):
+    """RecBole's ``Config`` reads ``--key=value`` settings from ``sys.argv``: while a config is
+    built here, ``args`` stand there instead of the calling process's own arguments."""
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "recbole_cela", *args]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def run_settings(model, dataset, config_file_list=None, args=()):
+    """The settings a run of ``model`` on ``dataset`` computes with, as its result file records them
+    (plain values), resolved exactly as the runner resolves them and without reading any data:
+    the config files in the runner's order (:func:`config_files`), then ``config_file_list``, then
+    ``args`` (``--key=value``, read by RecBole as the runner's command line is), then what the model
+    resolves itself (``resolve_config``, e.g. ``text_pooling: auto``). Left out: the settings that
+    only say where files are, what is logged or which device computes (:data:`NON_SEMANTIC_KEYS`)."""
+    with command_line(args):
+        _, config = build_config(model, dataset, config_file_list)
+    return {k: plain(v) for k, v in config.final_config_dict.items() if k not in NON_SEMANTIC_KEYS}

@@ -142,10 +142,3 @@ def read_atomic_file(path, keep_types=False):
     if not keep_types:
         frame.columns = [c.split(":")[0] for c in frame.columns]
     return frame
-
-
-def write_atomic_file(frame, path):
-    """A DataFrame with ``name:type`` columns as a RecBole atomic file, atomically."""
-    with atomic_open(path, "w") as f:
-        frame.to_csv(f, sep="\t", index=False, quoting=3, lineterminator="\n")
-    return path

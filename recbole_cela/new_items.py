@@ -2,11 +2,11 @@
 
 A trained CELA run is its RecBole checkpoint (``saved/CELA-<time>.pth``, which holds the fused
 model and its item text table) plus the aligned encoder folder of its stage cache (recorded in
-the checkpoint's ``plugin`` record as ``encoder``, beside the data's fingerprint). New items are encoded once by that encoder, with
-the run's text settings and pooling, and appended to the model's text table in memory; their
-ID features (item id, and item features such as year or genre) are unknown and take RecBole's
-default for an unknown token, the padding id 0 (see ``docs/new_items.md``). Nothing is written:
-``saved/`` is only read.
+the checkpoint's ``plugin`` record as ``encoder``, beside the data's fingerprint). New items are
+encoded once by that encoder, with the run's text settings and pooling, and appended to the
+model's text table in memory; their ID features (item id, and item features such as year or
+genre) are unknown and take RecBole's default for an unknown token, the padding id 0 (see
+``docs/new_items.md``). Nothing is written: ``saved/`` is only read.
 
 Python::
 
@@ -70,12 +70,12 @@ def _load_checkpoint(path):
     version = plugin.get("version")
     if version != recbole_cela.__version__:
         raise NewItemError(
-            f"'{path}' was written by recbole_cela {version or 'before 0.1.0 checkpoints were versioned'}, "
+            f"'{path}' was written by recbole_cela {version or 'of an unrecorded version'}, "
             f"this is {recbole_cela.__version__}: retrain the run with this version."
         )
     if not config.get("use_text") or not plugin.get("encoder"):
-        raise NewItemError(f"'{path}' is a CELA run without text (use_text: False) or from an older plugin "
-                           "that did not record its encoder: it cannot read new items (retrain it).")
+        raise NewItemError(f"'{path}' is a CELA run without text (use_text: False): it has no text table "
+                           "to add new items to (train one with use_text: True).")
     return checkpoint
 
 

@@ -37,6 +37,7 @@ from recbole_cela.evaluation import RecordedPredictions, auc_by_popularity, item
 from recbole_cela.fileio import atomic_write_json
 from recbole_cela.model import build_model, get_model
 from recbole_cela.model.layers import uses_fast_layers
+from recbole_cela.model.protocol import plugin_protocol
 from recbole_cela.trainer import get_trainer
 from recbole_cela.utils import PluginConfigError, PluginError, init_seed, set_threads
 
@@ -219,7 +220,7 @@ def run(
     """Single process, or ``nproc`` processes per machine exactly as RecBole's ``run`` spawns."""
     if nproc == 1 and world_size <= 0:
         return run_recbole_cela(model, dataset, config_file_list, config_dict, saved)
-    not_distributed = getattr(get_model(model), "not_distributed", None)
+    not_distributed = plugin_protocol(get_model(model)).not_distributed
     if not_distributed:  # refused before any process starts or any data is read
         raise PluginConfigError(not_distributed)
     build_config(model, dataset, config_file_list, dict(config_dict or {}))  # every setting, before any process starts

@@ -1,9 +1,8 @@
-"""Small pieces every layer of the plugin uses: its error types, config-file lookup, seeding,
-``--key=value`` parsing. Nothing here imports the plugin's models or trainers."""
+"""Small pieces every layer of the plugin uses: its error types, config-file lookup, seeding.
+Nothing here imports the plugin's models or trainers."""
 
 import functools
 import importlib
-import json
 import os
 
 
@@ -88,22 +87,3 @@ def init_seed(seed, reproducibility):
     recbole_init_seed(seed, reproducibility)
     torch.use_deterministic_algorithms(bool(reproducibility), warn_only=True)
 
-
-def parse_overrides(items):
-    """``--key=value`` arguments -> a config dict (JSON numbers / lists / dicts, True/False/None
-    in any case, else text), for commands that pass settings to RecBole through ``config_dict``."""
-    words = {"true": True, "false": False, "none": None, "null": None}
-    overrides = {}
-    for item in items:
-        if not item.startswith("--") or "=" not in item:
-            raise SystemExit(f"error: expected --key=value, got '{item}'")
-        key, text = item[2:].split("=", 1)
-        if text.lower() in words:
-            value = words[text.lower()]
-        else:
-            try:
-                value = json.loads(text) if text[:1] in "[{0123456789-." else text
-            except json.JSONDecodeError:
-                value = text
-        overrides[key] = value
-    return overrides

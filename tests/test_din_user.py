@@ -7,7 +7,7 @@ import torch
 from recbole.data.interaction import Interaction
 
 from recbole_cela.model import DINUser
-from recbole_cela.model.fusion import DINTextFusion
+from recbole_cela.model.fusion import TextDIN
 from recbole_cela.trainer import CELATrainer
 from recbole_cela.model import get_model
 from helpers import build_run
@@ -42,7 +42,7 @@ def test_din_user_reads_the_user_fields_din_does_not(run_config, tiny_encoder):
 def test_cela_over_din_user(run_config, tiny_encoder):
     config, model, train, valid, test = build_run("CELA", run_config, tiny_encoder, FAST, backbone="DINUser")
     backbone = model.backbone
-    assert isinstance(backbone, DINUser) and isinstance(backbone, DINTextFusion)
+    assert isinstance(backbone, DINUser) and isinstance(backbone, TextDIN)
     e, k = config["embedding_size"], config["text_proj_fields"]
     # item fields (item_id, release_year, class) + k text fields, three times; then the user fields.
     assert backbone.dnn_list[0] == 3 * (3 + k) * e + 4 * e

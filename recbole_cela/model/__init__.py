@@ -5,6 +5,7 @@ from recbole_cela.model.cela import CELA
 from recbole_cela.model.din_user import DINUser
 from recbole_cela.model.flip import FLIP
 from recbole_cela.model.layers import install_fast_layers
+from recbole_cela.model.protocol import PluginModel
 
 PLUGIN_MODELS = {"CELA": CELA, "FLIP": FLIP, **PLUGIN_BACKBONES}
 
@@ -20,4 +21,4 @@ def build_model(model_class, config, dataset):
     return install_fast_layers(model_class(config, dataset), config)
 
 
-__all__ = ["CELA", "DINUser", "FLIP", "PLUGIN_MODELS", "build_model", "get_model", "install_fast_layers"]
+__all__ = ["CELA", "DINUser", "FLIP", "PLUGIN_MODELS", "PluginModel", "build_model", "get_model", "install_fast_layers"]

@@ -10,15 +10,16 @@ encoder never runs (the table is a buffer of this model, saved in its checkpoint
 ``use_text: False`` makes CELA the plain backbone (the "text off" ablation).
 """
 
-from recbole.model.abstract_recommender import AbstractRecommender
+import torch
 from recbole.utils import InputType, ModelType
 
-from recbole_cela.model.backbones import backbone_names, get_backbone
+from recbole_cela.model.backbones import backbone_logits, backbone_names, get_backbone
 from recbole_cela.model.fusion import fusable, fused_backbone
+from recbole_cela.model.protocol import PluginModel
 from recbole_cela.text.encoder import encoder_width, resolve_text_settings
 
 
-class CELA(AbstractRecommender):
+class CELA(PluginModel):
     # RecBole reads these before the config exists; the config, the dataset class and MODEL_TYPE
     # follow the backbone (recbole_cela/config.py loads the backbone's RecBole defaults).
     type = ModelType.CONTEXT
@@ -47,7 +48,7 @@ class CELA(AbstractRecommender):
         self.text_dim = None
         if self.use_text:
             self.text_dim = encoder_width(config["text_encoder"])
-            backbone_class = fused_backbone(backbone_class, self.text_dim)
+            backbone_class = fused_backbone(backbone_class)
         self.backbone = backbone_class(config, dataset)
 
     def set_text_table(self, table):
@@ -71,10 +72,11 @@ class CELA(AbstractRecommender):
         self.backbone.item_text.encoder_fn = encoder_fn
 
     def forward(self, interaction):
-        return self.backbone.predict(interaction)
+        """The logit of each interaction, as RecBole's CTR models return it."""
+        return backbone_logits(self.backbone, interaction)
 
     def calculate_loss(self, interaction):
-        return self.backbone.calculate_loss(interaction)
+        return self.backbone.calculate_loss(interaction)  # the backbone's own loss and regulariser
 
     def predict(self, interaction):
-        return self.backbone.predict(interaction)
+        return torch.sigmoid(self.forward(interaction))

@@ -4,7 +4,8 @@ RecBole's ``DIN`` embeds every user field (``ContextSeqEmbLayer``) but its ``for
 them out: the MLP reads [interest, target item, interest * target item] only. The DIN paper
 (Zhou et al., KDD 2018, Fig. 2) concatenates the *user profile features* there too. Where the
 label depends on who the user is (ml-100k under this plugin's protocol: "rating >= 4" is largely
-a user's rating habit; LR 0.78 vs DIN 0.73 test AUC), RecBole's DIN cannot use that.
+a user's rating habit, and LR beats DIN there: docs/benchmarks/ml-100k.md), RecBole's DIN cannot
+use that.
 
 This model adds the user's field embeddings (every field of the user feature table: the user id
 and, e.g., age, gender, occupation) to the MLP input:

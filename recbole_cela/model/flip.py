@@ -9,11 +9,11 @@ class is the *fine-tuned* model that RecBole trains and evaluates, with ``flip_f
 * ``id``: the backbone alone (its logit);
 * ``text``: the encoder alone, pooled sentence vector -> linear head;
 * ``joint`` (FLIP proper): both (with ``flip_freeze_backbone`` the warmed-up backbone is frozen,
-  batch-norm statistics included, and only the text tower and the weights train), final logit = w_id * ID logit + w_text * text logit with the two
-  weights learnable. They start at 1 and the text head's last layer at zero, so fine-tuning starts
-  exactly from the (pretrained, warmed-up) ID model and learns the text's correction; a convex
-  mix starting at 0.5 instead halves the warmed-up ID logit at the first step (measured on
-  ml-100k: valid AUC fell from 0.791 to 0.784 after the first epoch).
+  batch-norm statistics included, and only the text tower and the weights train), final logit =
+  w_id * ID logit + w_text * text logit with the two weights learnable. They start at 1 and the
+  text head's last layer at zero, so fine-tuning starts exactly from the (pretrained, warmed-up)
+  ID model and learns the text's correction; a convex mix starting at 0.5 would halve the
+  warmed-up ID logit at the first step (docs/FLIP.md).
 
 The text strategies build each batch's prompts on the fly from RecBole's interaction (user id,
 item id, history), so ``predict`` works on RecBole's own evaluation batches. The encoder reads
@@ -24,10 +24,10 @@ mode when the model is not training.
 
 import torch
 import torch.nn as nn
-from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import InputType, ModelType
 
-from recbole_cela.model.backbones import get_backbone
+from recbole_cela.model.backbones import backbone_logits, get_backbone
+from recbole_cela.model.protocol import PluginModel
 from recbole_cela.text.encoder import (autocast, encode, encoder_config, freeze_below, is_decoder, load_encoder,
                                        resolve_encoder_path, text_precision)
 from recbole_cela.utils import PluginConfigError
@@ -52,8 +52,7 @@ class TabularView(nn.Module):
     The representation is the input of the backbone's final linear layer(s) (DCNV2: the stacked
     cross/deep output; DeepFM: the deep part; AutoInt: attention and deep parts; DIN / DINUser: the
     output of the MLP over [(profile,) interest, target, interest * target]), captured with
-    forward hooks, so RecBole's forward is reused as is. DIN's forward takes the user, history and
-    target tensors rather than the interaction: they are read from it by DIN's own field names.
+    forward hooks, so RecBole's forward is reused as is (:func:`backbone_logits`).
     """
 
     def __init__(self, backbone, name):
@@ -61,8 +60,6 @@ class TabularView(nn.Module):
         self.backbone = backbone
         self.head_names = BACKBONE_HEADS[name]
         self.dim = sum(getattr(backbone, n).in_features for n in self.head_names)
-        # DCNV2's forward returns probabilities (BCELoss), DeepFM's and AutoInt's logits.
-        self.outputs_probability = isinstance(backbone.loss, nn.BCELoss)
         self.sequential = hasattr(backbone, "ITEM_SEQ")  # DIN's forward(user, item_seq, item_seq_len, next_items)
 
     def token_fields(self):
@@ -73,27 +70,19 @@ class TabularView(nn.Module):
             return [self.backbone.USER_ID, self.backbone.POS_ITEM_ID]
         return list(self.backbone.token_field_names)
 
-    def _backbone_forward(self, interaction):
-        if not self.sequential:
-            return self.backbone.forward(interaction)
-        b = self.backbone
-        return b.forward(interaction[b.USER_ID], interaction[b.ITEM_SEQ], interaction[b.ITEM_SEQ_LEN], interaction[b.POS_ITEM_ID])
-
     def forward(self, interaction):
         captured = []
         hooks = [getattr(self.backbone, n).register_forward_hook(lambda m, inputs, out: captured.append(inputs[0]))
                  for n in self.head_names]
         try:
-            out = self._backbone_forward(interaction)
+            out = backbone_logits(self.backbone, interaction)
         finally:
             for h in hooks:
                 h.remove()
-        if self.outputs_probability:
-            out = torch.logit(out.clamp(1e-7, 1 - 1e-7))
         return out, torch.cat(captured, dim=-1)
 
 
-class FLIP(AbstractRecommender):
+class FLIP(PluginModel):
     type = ModelType.CONTEXT
     input_type = InputType.POINTWISE
     backbone_key = "flip_backbone"

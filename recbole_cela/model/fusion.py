@@ -15,6 +15,12 @@ RecBole's backbones are reused, not copied:
 * DIN reads item fields through its ``ContextSeqEmbLayer``: the text fields are appended to the
   item embeddings it returns, and DIN's attention and MLP are sized for the wider items.
 
+The fused class of backbone ``X`` is named ``TextX`` (what ``logger.info(model)`` prints and what
+``isinstance`` tests see): :class:`TextDIN` and :class:`TextDINUser` are defined below; the class
+of a context-aware backbone (TextDeepFM, TextDCNV2, TextAutoInt, TextWideDeep, TextxDeepFM,
+TextFM, ...) is made once per backbone by :func:`fused_backbone`, as ``_AddedItemView`` +
+the backbone + :class:`ContextTextFusion`, and kept in :data:`FUSED_BACKBONES`.
+
 Items added after training from their text alone (:mod:`recbole_cela.new_items`) get ids from
 ``item_num`` on: their text rows are appended to the table, and the ID part of the backbone sees
 them as the padding item 0, i.e. with RecBole's default for an unknown token in every item-side
@@ -31,6 +37,8 @@ from recbole.model.sequential_recommender.din import DIN
 from recbole.utils import FeatureSource
 
 from recbole_cela.model.alignment import projection_head
+from recbole_cela.model.din_user import DINUser
+from recbole_cela.text.encoder import encoder_width
 from recbole_cela.utils import PluginConfigError
 
 
@@ -95,9 +103,9 @@ class ItemTextProjection(nn.Module):
                 vectors = self.encoder_fn(unique)
             else:
                 # Padded (with the padding item) to a multiple of UNIQUE_BUCKET rows, so the
-                # projection's tensors take a few sizes rather than a new one every batch: glibc's
-                # allocator kept those as fragments (amazon-sports, one epoch ~1 GB more resident
-                # memory; 1.6 -> 6.3 GB over five epochs). Rows are independent: same outputs.
+                # projection's tensors take a few sizes rather than a new one every batch, which
+                # glibc's allocator keeps as fragments (resident memory grows every epoch:
+                # docs/implementation-notes.md). Rows are independent: the outputs are the same.
                 pad = (-len(unique)) % UNIQUE_BUCKET
                 vectors = self.text_table[torch.cat([unique, unique.new_zeros(pad)])]
             out = self._project(vectors)[inverse]
@@ -110,10 +118,11 @@ class ItemTextProjection(nn.Module):
             out = self._projected[items]
         return out.view(*items.shape, self.fields, self.embedding_size)
 
-def _text_projection(config, dataset, text_dim):
+
+def _text_projection(config, dataset):
     return ItemTextProjection(
         dataset.item_num,
-        text_dim,
+        encoder_width(config["text_encoder"]),
         config["embedding_size"],
         config["text_proj_fields"],
         config["text_normalize"],
@@ -123,14 +132,12 @@ def _text_projection(config, dataset, text_dim):
 class ContextTextFusion(ContextRecommender):
     """Mixin placed between a context-aware backbone and ``ContextRecommender``."""
 
-    text_dim = None  # width of the text vectors: set by ``fused_backbone``
-
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.item_field = config["ITEM_ID_FIELD"]
         history = self.item_field + config["LIST_SUFFIX"]
         self.history_field = history if history in dataset.field2type else None
-        self.item_text = _text_projection(config, dataset, self.text_dim)
+        self.item_text = _text_projection(config, dataset)
         self.num_feature_field += self.item_text.fields * (2 if self.history_field else 1)
         self._text_source = None
 
@@ -180,12 +187,12 @@ class _TextSeqEmbedding(nn.Module):
         return sparse, dense
 
 
-class DINTextFusion(DIN):
-    text_dim = None  # width of the text vectors: set by ``fused_backbone``
+class TextDIN(DIN):
+    """RecBole's DIN with the item text fields; also the base of a fused DIN subclass."""
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.item_text = _text_projection(config, dataset, self.text_dim)
+        self.item_text = _text_projection(config, dataset)
         self.embedding_layer = _TextSeqEmbedding(self.embedding_layer, self.item_text)
         # DIN sizes its attention and MLP by the number of item fields: k more of them now.
         n_fields = self.dnn_list[0] // (3 * self.embedding_size) + self.item_text.fields
@@ -198,24 +205,37 @@ class DINTextFusion(DIN):
         self.apply(self._init_weights)
 
 
+class TextDINUser(DINUser, TextDIN):
+    """The plugin's DINUser with the item text fields: DINUser widens the MLP TextDIN has sized."""
+
+
+# Fused class of each backbone name: the two defined above, and each context-aware one made so far.
+FUSED_BACKBONES = {"DIN": TextDIN, "DINUser": TextDINUser}
+
+
 def fusable(backbone_class):
     """Whether CELA can fuse text into ``backbone_class``: DIN (and its subclasses) and RecBole's
     context-aware models."""
     return issubclass(backbone_class, (DIN, ContextRecommender))
 
 
-def fused_backbone(backbone_class, text_dim):
-    """The text-fused version of a RecBole backbone class, for text vectors ``text_dim`` wide."""
-    name, attrs = f"Text{backbone_class.__name__}", {"text_dim": text_dim}
-    if issubclass(backbone_class, DIN):
-        bases = (DINTextFusion,) if backbone_class is DIN else (backbone_class, DINTextFusion)
-        return type(name, bases, attrs)
-    if issubclass(backbone_class, ContextRecommender):
-        return type(name, (_AddedItemView, backbone_class, ContextTextFusion), attrs)
-    raise PluginConfigError(
-        f"backbone '{backbone_class.__name__}' is not supported by CELA: use DIN, DINUser or a RecBole "
-        "context-aware model (DeepFM, DCNV2, AutoInt, WideDeep, xDeepFM, FM, ...)."
-    )
+def fused_backbone(backbone_class):
+    """The text-fused class ``Text<BACKBONE>`` of a backbone class (see the module's docstring)."""
+    fused = FUSED_BACKBONES.get(backbone_class.__name__)
+    if fused is not None and backbone_class in fused.__mro__:
+        return fused
+    name, attrs = f"Text{backbone_class.__name__}", {"__module__": __name__}
+    if issubclass(backbone_class, DIN):  # another DIN subclass: TextDIN's fields under its own forward
+        fused = type(name, (backbone_class, TextDIN), attrs)
+    elif issubclass(backbone_class, ContextRecommender):
+        fused = type(name, (_AddedItemView, backbone_class, ContextTextFusion), attrs)
+    else:
+        raise PluginConfigError(
+            f"backbone '{backbone_class.__name__}' is not supported by CELA: use DIN, DINUser or a RecBole "
+            "context-aware model (DeepFM, DCNV2, AutoInt, WideDeep, xDeepFM, FM, ...)."
+        )
+    FUSED_BACKBONES[backbone_class.__name__] = fused
+    return fused
 
 
 @torch.no_grad()

@@ -148,7 +148,8 @@ def padding_token(tokenizer, wanted, path):
 
 def padding_settings(config):
     """The padding token a text stage's settings record, when one was set on a tokenizer that
-    had none (``{}`` otherwise, so an encoder's stage keys are what they were before decoders)."""
+    had none; ``{}`` otherwise, so the stage keys of a tokenizer with its own pad token do not
+    depend on ``text_pad_token``."""
     return {"pad_token": config["text_pad_token"]} if config["text_pad_token"] else {}
 
 

@@ -48,16 +48,21 @@ def assemble(frame, fields, template, fallback):
     return texts.where(texts != "", fallback)
 
 
-def item_text_settings(config):
-    """The settings that make the items' token ids: the encoder (its tokenizer), the text fields,
-    template and fallback, the length cap. Every text stage builds on these."""
+def text_source_settings(config):
+    """The settings that make the items' texts and tokens: the encoder (its tokenizer), the text
+    fields, template and fallback. CELA's item texts and FLIP's prompts build on these."""
     return {
         "encoder": resolve_encoder_path(config["text_encoder"]),
         "text_fields": list(config["text_fields"] or []),
         "text_template": config["text_template"],
         "text_fallback": config["text_fallback"] or "unknown item",
-        "max_text_length": config["max_text_length"],
     }
+
+
+def item_text_settings(config):
+    """The settings that make the items' token ids: the text's, and the length cap. Every CELA
+    text stage builds on these."""
+    return {**text_source_settings(config), "max_text_length": config["max_text_length"]}
 
 
 def item_texts(config, dataset):

@@ -20,8 +20,7 @@ import pandas as pd
 import torch
 from recbole.utils import FeatureType
 
-from recbole_cela.text.encoder import resolve_encoder_path
-from recbole_cela.text.items import assemble, item_texts
+from recbole_cela.text.items import assemble, item_texts, text_source_settings
 from recbole_cela.utils import PluginError
 
 
@@ -129,10 +128,6 @@ class PromptBuilder:
             text += " history: " + "; ".join(self.title_text[h] for h in kept) + "."
         return text
 
-    def batch(self, users, items, histories):
-        """Padded ``input_ids`` and ``attention_mask`` [B, longest prompt of the batch]."""
-        return self.padded([self.ids(u, i, h) for u, i, h in zip(users, items, histories)])
-
     def padded(self, rows):
         """Token id lists -> padded ``input_ids`` and ``attention_mask`` [B, longest of them]."""
         width = max(len(r) for r in rows)
@@ -187,10 +182,7 @@ class InteractionPrompts:
 def prompt_settings(config):
     """Every setting that shapes FLIP's prompts (besides the dataset's fields and files)."""
     return {
-        "encoder": resolve_encoder_path(config["text_encoder"]),
-        "text_fields": list(config["text_fields"] or []),
-        "text_template": config["text_template"],
-        "text_fallback": config["text_fallback"],
+        **text_source_settings(config),
         "flip_user_fields": config["flip_user_fields"],
         "flip_history_field": config["flip_history_field"],
         "flip_max_prompt_length": config["flip_max_prompt_length"],

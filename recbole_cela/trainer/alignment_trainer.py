@@ -3,33 +3,18 @@
 import torch
 
 from recbole_cela.distributed import all_gather_object, world_size
-from recbole_cela.text.encoder import encoder_training, padding_settings, text_precision
 from recbole_cela.trainer.stage import param_groups
-from recbole_cela.trainer.text_stage import TextStageTrainer
+from recbole_cela.trainer.text_stage import TextStageTrainer, encoder_stage_settings
 
 
 class AlignmentTrainer(TextStageTrainer):
     stage = "align"
 
-    @staticmethod
-    def settings(config):
-        """Every setting stage 2b reads (its cache key hashes this dict)."""
-        return {
-            "epochs": config["align_epochs"],
-            "learning_rate": config["align_learning_rate"],
-            "head_learning_rate": config["align_head_learning_rate"],
-            "stopping_step": config["align_stopping_step"],
-            "batch_size": config["align_batch_size"],
-            "valid_ratio": config["align_valid_ratio"],
-            "temperature": config["align_temperature"],
-            "proj_size": config["align_proj_size"],
-            "target": config["align_target"],
-            "pooling": config["text_pooling"],
-            **padding_settings(config),
-            "training": encoder_training(config),
-            "precision": text_precision(config["text_amp"], torch.device(config["device"]).type),
-            "seed": config["seed"],
-        }
+    reads = {"epochs": "align_epochs", "learning_rate": "align_learning_rate",
+             "head_learning_rate": "align_head_learning_rate", "stopping_step": "align_stopping_step",
+             "batch_size": "align_batch_size", "valid_ratio": "align_valid_ratio", "temperature": "align_temperature",
+             "proj_size": "align_proj_size", "target": "align_target"}
+    derived = staticmethod(encoder_stage_settings)
 
     def _build_optimizer(self, **kwargs):
         """Two parameter groups: the pretrained encoder at ``align_learning_rate`` (official

@@ -43,21 +43,13 @@ from recbole_cela.text.encoder import (
     load_tokenizer,
     make_trainable,
     padding_settings,
-    text_precision,
 )
 from recbole_cela.text.items import TokenizedItems, encode_items, item_text_settings, item_texts
 from recbole_cela.trainer.alignment_trainer import AlignmentTrainer
 from recbole_cela.trainer.dap_trainer import DAPTrainer
-from recbole_cela.trainer.stage import StagedTrainer, backbone_config, backbone_settings, param_groups
+from recbole_cela.trainer.stage import StagedTrainer, backbone_config, backbone_settings, holdout_split, param_groups
+from recbole_cela.trainer.text_stage import device_precision
 from recbole_cela.utils import props_keys
-
-
-def split_items(n_items, valid_ratio, seed):
-    """Items 1..n-1 (0 is padding) shuffled with ``seed`` into (train, valid)."""
-    generator = torch.Generator().manual_seed(seed)
-    items = torch.randperm(n_items - 1, generator=generator) + 1
-    n_valid = max(1, int(round(valid_ratio * len(items))))
-    return items[n_valid:], items[:n_valid]
 
 
 class CELATrainer(StagedTrainer):
@@ -86,7 +78,7 @@ class CELATrainer(StagedTrainer):
 
     def _fit_items(self, trainer_class, model, settings, path):
         """Train a text stage on the items (split by ``valid_ratio``) and keep its best epoch."""
-        train_items, valid_items = split_items(len(self.tokenized), settings["valid_ratio"], settings["seed"])
+        train_items, valid_items = holdout_split(len(self.tokenized) - 1, settings["valid_ratio"], settings["seed"], first=1)
         shard = {"rank": rank(), "world_size": world_size()}
         batch = settings["batch_size"]
         train = ItemTextLoader(self.tokenized, train_items, batch, shuffle=True, seed=settings["seed"], **shard)
@@ -166,8 +158,7 @@ class CELATrainer(StagedTrainer):
 
     def stage_table(self, encoder_path, upstream):
         settings = {"pooling": self.config["text_pooling"], **padding_settings(self.config),
-                    "batch_size": self.config["eval_text_batch_size"],
-                    "precision": text_precision(self.config["text_amp"], self.device.type)}
+                    "batch_size": self.config["eval_text_batch_size"], "precision": device_precision(self.config)}
 
         def build(path):
             # Every process encodes its shard of the items; all get the gathered table.

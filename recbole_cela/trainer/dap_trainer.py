@@ -3,32 +3,17 @@
 import torch
 
 from recbole_cela.distributed import all_reduce_sum
-from recbole_cela.text.encoder import encoder_training, padding_settings, text_precision
-from recbole_cela.trainer.text_stage import TextStageTrainer
+from recbole_cela.trainer.text_stage import TextStageTrainer, encoder_stage_settings
 
 
 class DAPTrainer(TextStageTrainer):
     stage = "dap"
     valid_in_train_mode = True
 
-    @staticmethod
-    def settings(config):
-        """Every setting stage 1 reads (its cache key hashes this dict)."""
-        return {
-            "epochs": config["dap_epochs"],
-            "learning_rate": config["dap_learning_rate"],
-            "stopping_step": config["dap_stopping_step"],
-            "batch_size": config["dap_batch_size"],
-            "valid_ratio": config["dap_valid_ratio"],
-            "mlm_probability": config["mlm_probability"],
-            "simcse_temperature": config["simcse_temperature"],
-            "mlm_weight": config["mlm_weight"],
-            "pooling": config["text_pooling"],
-            **padding_settings(config),
-            "training": encoder_training(config),
-            "precision": text_precision(config["text_amp"], torch.device(config["device"]).type),
-            "seed": config["seed"],
-        }
+    reads = {"epochs": "dap_epochs", "learning_rate": "dap_learning_rate", "stopping_step": "dap_stopping_step",
+             "batch_size": "dap_batch_size", "valid_ratio": "dap_valid_ratio", "mlm_probability": "mlm_probability",
+             "simcse_temperature": "simcse_temperature", "mlm_weight": "mlm_weight"}
+    derived = staticmethod(encoder_stage_settings)
 
     def diagnostics(self, valid_data):
         """Held-out language-model loss (``mlm_loss`` for an encoder, ``clm_loss`` for a decoder)

@@ -33,10 +33,10 @@ from recbole_cela.data.loaders import SampledLoader
 from recbole_cela.fileio import atomic_torch_save
 from recbole_cela.model.flip import TabularView, check_backbone
 from recbole_cela.model.flip_pretrain import FLIPPretraining
-from recbole_cela.text.encoder import freeze_below, load_encoder, load_tokenizer, text_precision
+from recbole_cela.text.encoder import freeze_below, load_encoder, load_tokenizer
 from recbole_cela.text.prompts import build_prompts, prompt_settings
-from recbole_cela.trainer.stage import StagedTrainer, backbone_config, backbone_settings, param_groups
-from recbole_cela.trainer.text_stage import TextStageTrainer
+from recbole_cela.trainer.stage import StagedTrainer, backbone_config, backbone_settings, holdout_split, param_groups
+from recbole_cela.trainer.text_stage import TextStageTrainer, device_precision
 from recbole_cela.utils import PluginConfigError
 
 
@@ -51,30 +51,16 @@ class FLIPPretrainTrainer(TextStageTrainer):
 
     stage = "flip_pretrain"
 
+    reads = {**{key: key for key in ("flip_mlm", "flip_mtm", "flip_icl", "flip_mlm_probability", "flip_mtm_probability",
+                                     "flip_mtm_noise", "flip_icl_temperature", "flip_proj_size", "text_pooling")},
+             "samples": "flip_pretrain_samples", "valid_ratio": "flip_pretrain_valid_ratio",
+             "epochs": "flip_pretrain_epochs", "learning_rate": "flip_pretrain_learning_rate",
+             "head_learning_rate": "flip_pretrain_head_learning_rate", "stopping_step": "flip_pretrain_stopping_step",
+             "batch_size": "flip_pretrain_batch_size", "trainable_layers": "flip_trainable_layers"}
+
     @staticmethod
-    def settings(config):
-        """Every setting FLIP's pretraining reads (besides the backbone's and the prompts')."""
-        return {
-            "flip_mlm": config["flip_mlm"],
-            "flip_mtm": config["flip_mtm"],
-            "flip_icl": config["flip_icl"],
-            "flip_mlm_probability": config["flip_mlm_probability"],
-            "flip_mtm_probability": config["flip_mtm_probability"],
-            "flip_mtm_noise": config["flip_mtm_noise"],
-            "flip_icl_temperature": config["flip_icl_temperature"],
-            "flip_proj_size": config["flip_proj_size"],
-            "text_pooling": config["text_pooling"],
-            "samples": config["flip_pretrain_samples"],
-            "valid_ratio": config["flip_pretrain_valid_ratio"],
-            "epochs": config["flip_pretrain_epochs"],
-            "learning_rate": config["flip_pretrain_learning_rate"],
-            "head_learning_rate": config["flip_pretrain_head_learning_rate"],
-            "stopping_step": config["flip_pretrain_stopping_step"],
-            "batch_size": config["flip_pretrain_batch_size"],
-            "trainable_layers": config["flip_trainable_layers"],
-            "precision": text_precision(config["text_amp"], torch.device(config["device"]).type),
-            "seed": pretrain_seed(config),
-        }
+    def derived(config):
+        return {"precision": device_precision(config), "seed": pretrain_seed(config)}
 
     def _build_optimizer(self, **kwargs):
         if "params" not in kwargs:  # heads and backbone learn at their own, larger rate
@@ -119,18 +105,13 @@ class FLIPTrainer(StagedTrainer):
         self.logger.info(f"FLIP prompts: users, items and titles tokenised once in {time.time() - start:.1f}s")
 
     def _pretrain_loaders(self, train_data, settings):
-        n_rows = len(train_data.dataset)
-        seed = settings["seed"]
-        generator = torch.Generator().manual_seed(seed)
-        rows = torch.randperm(n_rows, generator=generator)
-        n = settings["samples"]
+        """Loaders of the seeded pretraining sample of training rows, split for early stopping."""
+        n_rows, n, seed = len(train_data.dataset), settings["samples"], settings["seed"]
         n = n_rows if n is None or n < 0 else min(n, n_rows)
-        rows = rows[:n]
-        n_valid = max(1, int(round(settings["valid_ratio"] * n)))
-        batch = settings["batch_size"]
-        lengths = self.prompts.lengths
-        train = SampledLoader(train_data, rows[n_valid:], batch, shuffle=True, seed=seed, prompts=self.prompts, lengths=lengths)
-        valid = SampledLoader(train_data, rows[:n_valid], batch, shuffle=False, prompts=self.prompts, lengths=lengths)
+        train_rows, valid_rows = holdout_split(n_rows, settings["valid_ratio"], seed, take=n)
+        batch, lengths = settings["batch_size"], self.prompts.lengths
+        train = SampledLoader(train_data, train_rows, batch, shuffle=True, seed=seed, prompts=self.prompts, lengths=lengths)
+        valid = SampledLoader(train_data, valid_rows, batch, shuffle=False, prompts=self.prompts, lengths=lengths)
         return train, valid
 
     # ----------------------------------------------------------------------------- stages

@@ -39,6 +39,7 @@ from recbole.trainer import Trainer
 from recbole.utils import set_color
 
 from recbole_cela.compat import plain
+from recbole_cela.config import NON_SEMANTIC_KEYS
 from recbole_cela.distributed import barrier, broadcast_object, is_main, world_size
 from recbole_cela.fileio import atomic_torch_save, atomic_write_json, data_fingerprint, fingerprint, read_json
 from recbole_cela.utils import init_seed, props_keys
@@ -51,22 +52,6 @@ except ImportError:  # pragma: no cover - Windows: no flock, so runs at once are
 MARKER = "stage.json"
 TEMPORARY = ".tmp-"
 WAIT_POLL_S = 1.0  # how often a run waiting for another process's artifact looks again
-
-# Resolved settings that change where things are read or written, what is logged, or which
-# device computes, but not what a stage computes; every other resolved key of a backbone run is
-# part of its key (backbone_settings). The data enters the keys by its content, not its path.
-NON_SEMANTIC_KEYS = frozenset({
-    # paths
-    "data_path", "source_path", "checkpoint_dir", "results_dir", "cela_dir", "flip_dir", "backbone_checkpoint",
-    "dataset_save_path", "dataloaders_save_path", "save_dataset", "save_dataloaders",
-    # logging and progress bars
-    "state", "show_progress", "verbose", "log_wandb", "wandb_project",
-    # devices and processes (a distributed stage computes the single-process steps: docs/distributed.md)
-    "gpu_id", "use_gpu", "device", "single_spec", "local_rank", "world_size", "nproc", "ip", "port", "offset",
-    # speed: the same mathematics in fewer operations or on more threads (recbole_cela/model/layers.py)
-    "fast_layers", "threads",
-})
-
 
 def backbone_settings(values, backbone):
     """Every resolved setting an ID-backbone stage depends on, from a run's resolved config
@@ -88,6 +73,16 @@ def backbone_config(config, backbone):
     out = copy.copy(config)
     out.final_config_dict = {**config.final_config_dict, "model": backbone}
     return out
+
+
+def holdout_split(n, valid_ratio, seed, take=None, first=0):
+    """Ids ``first`` .. ``first + n - 1`` shuffled with ``seed`` (only the first ``take`` of them
+    when given) as (train, valid): ``valid_ratio`` of them, at least one, held out for early
+    stopping. CELA's text stages split the items (the padding item 0 left out: ``first=1``),
+    FLIP's pretraining a sample of the training rows."""
+    ids = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:take] + first
+    n_valid = max(1, int(round(valid_ratio * len(ids))))
+    return ids[n_valid:], ids[:n_valid]
 
 
 def param_groups(model, encoder_lr=None, other_lr=None):

@@ -2,8 +2,10 @@
 
 RecBole's ``Trainer`` does the epoch loop, progress bars, loss logging, early stopping and
 checkpointing; a text stage changes what "validation" means (the stage's loss on held-out items,
-lower is better) and trains with its own settings: each subclass's ``settings(config)`` reads
-every key the stage uses, by its full name, and the stage's cache key hashes exactly that dict.
+lower is better) and trains with its own settings. Each subclass declares the config keys it
+reads (``reads``: its setting's name -> the config key) and what it derives from the config
+(``derived``); :meth:`TextStageTrainer.settings` makes the one dict the stage trains with and its
+cache key hashes.
 
 Distributed (``--nproc`` > 1): RecBole's ``Trainer`` wraps the stage model in
 ``DistributedDataParallel`` and synchronises the gradients of each step; the item loaders give
@@ -18,12 +20,35 @@ import torch
 from recbole.trainer import Trainer
 
 from recbole_cela.distributed import all_reduce_sum
-from recbole_cela.text.encoder import autocast
+from recbole_cela.text.encoder import autocast, encoder_training, padding_settings, text_precision
+
+
+def device_precision(config):
+    """``text_amp`` resolved for the run's device: "bf16" or "fp32"."""
+    return text_precision(config["text_amp"], torch.device(config["device"]).type)
+
+
+def encoder_stage_settings(config):
+    """What CELA's encoder stages (1 and 2b) derive from the config: the pooling, the padding
+    token, which part of the encoder trains, the precision and the run's seed."""
+    return {"pooling": config["text_pooling"], **padding_settings(config), "training": encoder_training(config),
+            "precision": device_precision(config), "seed": config["seed"]}
 
 
 class TextStageTrainer(Trainer):
     stage = None  # the stage's name: its logs read "<MODEL>-<stage>"
     valid_in_train_mode = False  # True where the loss itself needs dropout (SimCSE)
+    reads = {}  # the stage's settings read from the config as they are: setting name -> config key
+
+    @staticmethod
+    def derived(config):
+        """The stage's settings that are computed from the config (precision, seed, ...)."""
+        return {}
+
+    @classmethod
+    def settings(cls, config):
+        """Every setting the stage reads (its cache key hashes this dict)."""
+        return {**{name: config[key] for name, key in cls.reads.items()}, **cls.derived(config)}
 
     def __init__(self, config, model, settings, checkpoint_file):
         stage = copy.copy(config)
