@@ -10,13 +10,16 @@ rebuilds its flow from RecBole's own parts: ``Config`` -> ``create_dataset`` ->
 * writes a JSON result (metrics, wall times, throughput, peak memory, AUC per item-popularity
   bucket, resolved config, the checkpoint it belongs to) to ``results_dir``;
 * names each run's checkpoint and result file uniquely (:func:`run_id`);
-* checks every setting before any work (:mod:`recbole_cela.settings`) and reports a known error
+* checks every setting (:mod:`recbole_cela.settings`) and every place it writes
+  (:func:`check_output_folders`) before any work, and reports a known error
   (:class:`~recbole_cela.utils.PluginError`) as one ``error:`` block without a traceback.
 """
 
 import argparse
+import json
 import os
 import sys
+import tempfile
 import time
 import uuid
 from logging import getLogger
@@ -34,7 +37,7 @@ from recbole_cela.config import build_config
 from recbole_cela.data import prepare_from_config
 from recbole_cela.distributed import all_gather_object, barrier, broadcast_object
 from recbole_cela.evaluation import RecordedPredictions, auc_by_popularity, item_popularity, overall_auc
-from recbole_cela.fileio import atomic_write_json
+from recbole_cela.fileio import atomic_write_json, unwritable
 from recbole_cela.model import get_model
 from recbole_cela.trainer import get_trainer
 from recbole_cela.utils import PluginConfigError, PluginError, init_seed
@@ -57,9 +60,60 @@ def run_id():
     return f"{get_local_time()}-{uuid.uuid4().hex[:8]}"
 
 
+class ResultWriteError(PluginError):
+    """The result could not be written to ``results_dir`` at the end of a run; the message says
+    where it was written instead (``path``)."""
+
+
+def output_folders(config):
+    """{what: folder} of every place a run writes: results, checkpoints, the stage cache of a
+    staged model, the converted data (unless already converted), RecBole's logs."""
+    folders = {"results_dir": config["results_dir"] or "results", "checkpoint_dir": config["checkpoint_dir"]}
+    trainer_class = get_trainer(config["MODEL_TYPE"], config["model"])
+    if hasattr(trainer_class, "cache_root"):
+        folders[trainer_class.artifact_dir_key] = trainer_class.cache_root(config)
+    stamp = os.path.join(config["data_path"], f"{config['dataset']}.prep.json")
+    if config["source_format"] and not os.path.isfile(stamp):
+        folders["data_path"] = config["data_path"]
+    # RecBole's init_logger and its trainer's TensorBoard writer use fixed folders of the working directory.
+    folders["RecBole's log folder"] = os.path.join("log", config["model"])
+    folders["RecBole's TensorBoard folder"] = "log_tensorboard"
+    return folders
+
+
+def check_output_folders(config):
+    """Raise :class:`PluginConfigError` naming every place of :func:`output_folders` that cannot be
+    written (each is tried: created if missing, a file written and removed), before any work."""
+    refused = [f"{what} '{folder}': {why}" for what, folder in output_folders(config).items()
+               if (why := unwritable(folder))]
+    if refused:
+        raise PluginConfigError(
+            "this run cannot write where it would write its output:\n  " + "\n  ".join(refused)
+            + "\nSet each to a folder this user can write (RecBole's log folders: run from such a folder). "
+            "Nothing was read or trained."
+        )
+
+
 def write_result(result, config, run):
-    folder = config["results_dir"] or "results"
-    return atomic_write_json(os.path.join(folder, f"{config['model']}-{config['dataset']}-{run}.json"), result)
+    """Write the result JSON to ``results_dir``; if that fails (disk full, a folder that changed
+    since the run started), beside the checkpoint or in the temporary folder, then raise
+    :class:`ResultWriteError` saying where it is (the last resort: the JSON in the message)."""
+    name = f"{config['model']}-{config['dataset']}-{run}.json"
+    path = os.path.join(config["results_dir"] or "results", name)
+    try:
+        return atomic_write_json(path, result)
+    except OSError as error:
+        failure = f"cannot write the result to '{path}' ({error.strerror or error})"
+    for folder in (config["checkpoint_dir"], tempfile.gettempdir()):
+        try:
+            fallback = atomic_write_json(os.path.join(folder, name), result)
+        except OSError:
+            continue
+        error = ResultWriteError(f"{failure}: it is saved at '{fallback}' instead. Check results_dir.")
+        error.path = fallback
+        raise error
+    raise ResultWriteError(f"{failure}, nor beside the checkpoint or in the temporary folder; the result:\n"
+                           + json.dumps(result, indent=2, default=str))
 
 
 def _test(trainer, config, train_data, test_data, saved):
@@ -86,6 +140,7 @@ def run_recbole_cela(
 ):
     """Train and test one model on one dataset; return (and write) the result dict."""
     model_class, config = build_config(model, dataset, config_file_list, config_dict)
+    check_output_folders(config)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
@@ -156,11 +211,17 @@ def run_recbole_cela(
         "argv": sys.argv,
         "config": plain(config.final_config_dict),
     }
+    failure = None
     if config["local_rank"] == 0:
-        path = write_result(result, config, run)
-        logger.info(set_color("result written to", "blue") + f": {path}")
+        try:
+            path = write_result(result, config, run)
+            logger.info(set_color("result written to", "blue") + f": {path}")
+        except ResultWriteError as error:  # raised once every process has finished
+            failure = error
     if not config["single_spec"]:
         dist.destroy_process_group()
+    if failure is not None:
+        raise failure
     if config["local_rank"] == 0 and queue is not None:
         queue.put(result)
     return result
@@ -218,7 +279,8 @@ def run(
     not_distributed = getattr(get_model(model), "not_distributed", None)
     if not_distributed:  # refused before any process starts or any data is read
         raise PluginConfigError(not_distributed)
-    build_config(model, dataset, config_file_list, dict(config_dict or {}))  # every setting, before any process starts
+    # every setting and output folder, before any process starts
+    check_output_folders(build_config(model, dataset, config_file_list, dict(config_dict or {}))[1])
     import torch.multiprocessing as mp
 
     queue = mp.get_context("spawn").SimpleQueue()
