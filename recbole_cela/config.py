@@ -22,11 +22,14 @@ starts: the backbone against the ID models the plugin model builds on, every oth
 declaration in its props comment (:mod:`recbole_cela.settings`).
 """
 
+import difflib
+import functools
 import os
+import sys
 
 from recbole_cela.distributed import Config as DistributedConfig
 from recbole_cela.settings import check_choice, check_settings
-from recbole_cela.utils import PluginConfigError, dataset_config_file, known_datasets, props_file
+from recbole_cela.utils import PluginConfigError, dataset_config_file, known_datasets, props_file, read_yaml
 
 
 class Config(DistributedConfig):
@@ -47,6 +50,52 @@ class Config(DistributedConfig):
         super()._load_internal_config_dict(model, model_class, dataset)
         check_settings(self.external_config_dict, config_files(self.model, dataset, backbone=backbone),
                        self.internal_config_dict)
+        self.unknown_keys = unknown_keys(self.external_config_dict, set(self.internal_config_dict).union(
+            *self.parameters.values()))
+        if self.unknown_keys and self.external_config_dict.get("unknown_keys") == "error":
+            raise PluginConfigError(f"{unknown_keys_message(self.unknown_keys)} (unknown_keys: error)")
+
+    def _load_cmd_line(self):
+        """RecBole's command line; a key given twice with different values is refused by name
+        (RecBole raises a SyntaxError with a traceback)."""
+        given = {}
+        if "ipykernel_launcher" not in sys.argv[0]:
+            for arg in sys.argv[1:]:
+                if arg.startswith("--") and arg.count("=") == 1:
+                    key, value = arg[2:].split("=")
+                    if given.setdefault(key, value) != value:
+                        raise PluginConfigError(f"--{key} is given twice on the command line ('{given[key]}', then "
+                                                f"'{value}'): give each key once.")
+        return super()._load_cmd_line()
+
+
+# Keys RecBole's runner (run_recbole.py flags) and the plugin's runner set, declared by no file.
+RUNNER_KEYS = frozenset({"model", "dataset", "config_files", "nproc", "world_size", "ip", "port", "group_offset",
+                         "offset", "local_rank"})
+
+
+@functools.lru_cache(maxsize=None)
+def plugin_keys():
+    """Every key of every file in ``props/`` and ``dataset_configs/``."""
+    props = os.path.dirname(props_file("overall"))
+    files = [os.path.join(props, f) for f in os.listdir(props) if f.endswith(".yaml")]
+    files += [dataset_config_file(dataset) for dataset in known_datasets()]
+    return frozenset().union(*(read_yaml(f) for f in files))
+
+
+def unknown_keys(values, recbole_keys):
+    """{key: closest known key or None} of the keys of ``values`` (a run's settings as given) that no
+    props file, dataset config, RecBole default of this model (``recbole_keys``) or runner declares:
+    usually a typo, which RecBole would ignore without a word."""
+    known = plugin_keys() | set(recbole_keys) | RUNNER_KEYS
+    return {key: next(iter(difflib.get_close_matches(key, sorted(known), n=1)), None)
+            for key in values if key not in known}
+
+
+def unknown_keys_message(unknown):
+    names = ", ".join(f"'{key}'" + (f" (did you mean '{close}'?)" if close else "") for key, close in unknown.items())
+    return (f"unknown setting{'s' if len(unknown) > 1 else ''} {names}: no props file, dataset config or RecBole "
+            "default of this model declares {}".format("them" if len(unknown) > 1 else "it"))
 
 
 def config_files(model_name, dataset, config_file_list=None, backbone=None):

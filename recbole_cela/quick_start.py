@@ -33,16 +33,19 @@ from recbole.utils import get_environment, get_local_time, init_logger, set_colo
 import recbole_cela  # noqa: F401  (applies the compatibility fixes)
 from recbole_cela.checkpoints import run_record
 from recbole_cela.compat import plain
-from recbole_cela.config import build_config
+from recbole_cela.config import build_config, unknown_keys_message
 from recbole_cela.data import prepare_from_config
 from recbole_cela.distributed import all_gather_object, barrier, broadcast_object
 from recbole_cela.evaluation import RecordedPredictions, auc_by_popularity, item_popularity, overall_auc
 from recbole_cela.fileio import atomic_write_json, unwritable
 from recbole_cela.model import get_model
 from recbole_cela.trainer import get_trainer
-from recbole_cela.utils import PluginConfigError, PluginError, init_seed
+from recbole_cela.utils import PluginConfigError, PluginError, init_seed, interrupted_in, interrupted_message
 
 __all__ = ["build_config", "main", "run", "run_recbole_cela"]
+
+EXIT_INTERRUPTED = 130  # a shell's status for a command stopped by Ctrl-C (128 + SIGINT)
+INTERRUPT_WAIT_S = 30  # how long --nproc's parent waits for its interrupted processes to end
 
 
 def _peak_rss_mb():
@@ -146,16 +149,21 @@ def run_recbole_cela(
     logger = getLogger()
     logger.info(sys.argv)
     logger.info(config)
+    if config.unknown_keys:
+        logger.warning(unknown_keys_message(config.unknown_keys) + ", so it changes nothing "
+                       "(unknown_keys: error refuses it)")
 
     # Raw data -> RecBole benchmark files, once (rank 0 writes, the others wait for it).
-    if config["local_rank"] == 0 or config["single_spec"]:
-        prepare_from_config(config, logger)
-    if not config["single_spec"]:
-        dist.barrier()
+    with interrupted_in("the data conversion"):
+        if config["local_rank"] == 0 or config["single_spec"]:
+            prepare_from_config(config, logger)
+        if not config["single_spec"]:
+            dist.barrier()
 
-    dataset = create_dataset(config)
-    logger.info(dataset)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
+    with interrupted_in("loading the data"):
+        dataset = create_dataset(config)
+        logger.info(dataset)
+        train_data, valid_data, test_data = data_preparation(config, dataset)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = model_class(config, train_data._dataset).to(config["device"])
@@ -170,13 +178,17 @@ def run_recbole_cela(
     trainer.saved_model_file = os.path.join(config["checkpoint_dir"], f"{config['model']}-{run}.pth")
 
     start = time.time()
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
-    )
-    barrier()  # rank 0 has written the best checkpoint before any rank loads it
+    # A staged model's stages name themselves; its finished stages are kept for a rerun.
+    cache = getattr(trainer, "cache", None)
+    with interrupted_in("the final training" if cache else "training", cache.root if cache else None):
+        best_valid_score, best_valid_result = trainer.fit(
+            train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+        )
+        barrier()  # rank 0 has written the best checkpoint before any rank loads it
     fit_time = time.time() - start
 
-    test_result, eval_time, buckets, test_auc_all = _test(trainer, config, train_data, test_data, saved)
+    with interrupted_in("testing", cache.root if cache else None):
+        test_result, eval_time, buckets, test_auc_all = _test(trainer, config, train_data, test_data, saved)
     n_test = len(test_data.dataset)
 
     logger.info(
@@ -252,6 +264,9 @@ def _run_rank(rank, model, dataset, config_file_list, kwargs):
         # A known error ends this process without a traceback; run() raises it in the parent.
         kwargs["queue"].put(error)
         sys.exit(1)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C reaches every process: the parent says where
+        kwargs["queue"].put(("interrupted", getattr(interrupt, "stage", "setup"), getattr(interrupt, "kept", None)))
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def _drain(queue):
@@ -295,12 +310,29 @@ def run(
         }
     )
     kwargs = {"config_dict": config_dict, "queue": queue, "saved": saved}
+    context = mp.start_processes(_run_rank, args=(model, dataset, config_file_list, kwargs), nprocs=nproc,
+                                 join=False, start_method="spawn")
     try:
-        mp.spawn(_run_rank, args=(model, dataset, config_file_list, kwargs), nprocs=nproc, join=True)
-    except mp.ProcessExitedException:
-        known = [item for item in _drain(queue) if isinstance(item, PluginError)]
-        if known:  # the first known error of any process, as a single process reports it
+        while not context.join():
+            pass
+    except (KeyboardInterrupt, mp.ProcessExitedException) as error:
+        interrupted = isinstance(error, KeyboardInterrupt)
+        if interrupted:  # the processes were interrupted too (one terminal): they say where, then end
+            for process in context.processes:
+                process.join(INTERRUPT_WAIT_S)
+            for process in context.processes:
+                if process.is_alive():
+                    process.terminate()
+        items = _drain(queue)
+        known = [item for item in items if isinstance(item, PluginError)]
+        if known and not interrupted:  # the first known error of any process, as a single process reports it
             raise known[0] from None
+        stops = [item for item in items if isinstance(item, tuple) and item[0] == "interrupted"]
+        if stops or interrupted:
+            interrupt = error if interrupted else KeyboardInterrupt()
+            if stops and not hasattr(interrupt, "stage"):
+                interrupt.stage, interrupt.kept = stops[0][1:]
+            raise interrupt from None
         raise
     results = [item for item in _drain(queue) if isinstance(item, dict)]
     return results[0] if results else None
@@ -337,6 +369,9 @@ def main(argv=None):
         )
     except PluginError as error:  # known and fixable: its message alone; anything else keeps its traceback
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: where it stopped and what a rerun reuses, no traceback
+        sys.stderr.write(interrupted_message(interrupt) + "\n")
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from recbole_cela.fileio import (
     try_lock,
     unlock,
 )
-from recbole_cela.utils import init_seed, props_keys
+from recbole_cela.utils import init_seed, interrupted_in, props_keys
 
 MARKER = "stage.json"
 TEMPORARY = ".tmp-"
@@ -62,7 +62,7 @@ NON_SEMANTIC_KEYS = frozenset({
     "data_path", "source_path", "checkpoint_dir", "results_dir", "cela_dir", "flip_dir", "backbone_checkpoint",
     "dataset_save_path", "dataloaders_save_path", "save_dataset", "save_dataloaders",
     # logging and progress bars
-    "state", "show_progress", "verbose", "log_wandb", "wandb_project",
+    "state", "show_progress", "verbose", "log_wandb", "wandb_project", "unknown_keys",
     # devices and processes (a distributed stage computes the single-process steps: docs/distributed.md)
     "gpu_id", "use_gpu", "device", "single_spec", "local_rank", "world_size", "nproc", "ip", "port", "offset",
 })
@@ -232,6 +232,10 @@ class StagedTrainer(Trainer):
         hold), and returns ``(report,
         save)``: rank 0 calls ``save(folder)`` inside the cache's temporary folder. Returns
         ``(path, run_id)``."""
+        with interrupted_in(f"stage [{name}]", self.cache.root):  # Ctrl-C: the runner names the stage
+            return self._stage(name, settings, build, upstream, seed)
+
+    def _stage(self, name, settings, build, upstream, seed):
         upstream = {"data": self.data_id, **(upstream or {})}
         key = fingerprint({"settings": settings, "upstream": upstream})
         path = self.cache.path(name, key)
