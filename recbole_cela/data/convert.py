@@ -159,8 +159,8 @@ def _required_inputs(dataset, source_format, folder, item_feature_files):
         files = [spec.get("file") for spec in (item_feature_files or {}).values() if isinstance(spec, dict)]
         if not files:
             raise
-        raise DataPreparationError(f"{error}\nOptional, from the same folder: {', '.join(map(repr, files))} "
-                                   "(item_feature_files).") from None
+        raise DataPreparationError(f"{error}\nItem feature files, also read from it: {', '.join(map(repr, files))} "
+                                   "(item_feature_files: remove an entry to do without it).") from None
 
 
 def _read(dataset, source_format, folder, problems):
