@@ -18,6 +18,7 @@ rebuilds its flow from RecBole's own parts: ``Config`` -> ``create_dataset`` ->
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -45,7 +46,8 @@ from recbole_cela.utils import PluginConfigError, PluginError, init_seed, interr
 __all__ = ["build_config", "main", "run", "run_recbole_cela"]
 
 EXIT_INTERRUPTED = 130  # a shell's status for a command stopped by Ctrl-C (128 + SIGINT)
-INTERRUPT_WAIT_S = 30  # how long --nproc's parent waits for its interrupted processes to end
+INTERRUPT_GRACE_S = 5  # --nproc: how long the parent waits for Ctrl-C to end its processes before passing it on
+INTERRUPT_WAIT_S = 30  # then how long it waits for each before terminating it
 
 
 def _peak_rss_mb():
@@ -317,10 +319,16 @@ def run(
             pass
     except (KeyboardInterrupt, mp.ProcessExitedException) as error:
         interrupted = isinstance(error, KeyboardInterrupt)
-        if interrupted:  # the processes were interrupted too (one terminal): they say where, then end
+        if interrupted:
+            # Ctrl-C in a terminal interrupts every process; a SIGINT sent to this one alone is passed
+            # on. Each says where it stopped, then ends.
+            deadline = time.time() + INTERRUPT_GRACE_S
+            for process in context.processes:
+                process.join(max(0.0, deadline - time.time()))
+                if process.is_alive():
+                    os.kill(process.pid, signal.SIGINT)
             for process in context.processes:
                 process.join(INTERRUPT_WAIT_S)
-            for process in context.processes:
                 if process.is_alive():
                     process.terminate()
         items = _drain(queue)
@@ -330,8 +338,8 @@ def run(
         stops = [item for item in items if isinstance(item, tuple) and item[0] == "interrupted"]
         if stops or interrupted:
             interrupt = error if interrupted else KeyboardInterrupt()
-            if stops and not hasattr(interrupt, "stage"):
-                interrupt.stage, interrupt.kept = stops[0][1:]
+            if not hasattr(interrupt, "stage"):
+                interrupt.stage, interrupt.kept = stops[0][1:] if stops else ("the worker processes", None)
             raise interrupt from None
         raise
     results = [item for item in _drain(queue) if isinstance(item, dict)]

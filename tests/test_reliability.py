@@ -145,9 +145,10 @@ def test_unknown_keys_error_refuses_them_before_any_work(run_config, tmp_path):
     assert not os.path.exists(overrides["data_path"])
 
 
-def test_every_declared_key_is_known(run_config):
+def test_every_declared_key_is_known(run_config, monkeypatch):
     """The plugin's props and dataset configs, RecBole's defaults of the model and the values a
     saved run's config passes back (new items) are no unknown keys."""
+    monkeypatch.setattr(sys, "argv", ["run_recbole_cela.py"])  # RecBole's Config reads the command line
     files, overrides = run_config()
     for model in ("CELA", "FLIP", "DIN", "DeepFM"):
         _, config = build_config(model, "ml-tiny", files, overrides)
@@ -159,15 +160,16 @@ def test_every_declared_key_is_known(run_config):
         assert again.unknown_keys == {}
 
 
-def test_a_key_given_twice_is_one_error(run_config, tmp_path):
+def test_a_key_given_twice_is_one_error(run_config, tmp_path, monkeypatch):
     """--epochs=abc ... --epochs=1: refused by name (neither value is guessed), no traceback."""
     files, overrides = run_config()
     proc = run(["--model=DIN", "--dataset=ml-tiny", "--epochs=abc"] + arguments(files, overrides), tmp_path)
     message = one_error_block(proc)
     assert "--epochs is given twice on the command line ('abc', then '2'): give each key once." in message
     # The same value twice is one value.
+    monkeypatch.setattr(sys, "argv", ["run_recbole_cela.py", "--epochs=3", "--epochs=3"])
     _, config = build_config("DIN", "ml-tiny", files, overrides)
-    assert config["epochs"] == 2
+    assert config["epochs"] == 3
 
 
 # ----------------------------------------------------------------------------- data
@@ -212,35 +214,40 @@ def test_runs_that_meet_a_new_dataset_at_once_convert_it_once(tmp_path):
 
 
 # ----------------------------------------------------------------------------- Ctrl-C
-def interrupt_in_align(args, tmp_path, log, group=False):
-    """Start the runner, stop it while it builds the alignment stage, send Ctrl-C's SIGINT (to its
-    process group, as a terminal does, when ``group``), let it go on; its exit status."""
-    proc = launch(args, tmp_path, log, start_new_session=group)
+def interrupt_in_align(args, tmp_path, log, how):
+    """Start the runner and, while it builds the alignment stage, send Ctrl-C's SIGINT: to its
+    process group as a terminal does (``"terminal"``, the processes stopped meanwhile so that the
+    stage is still running when it arrives) or to the runner's process alone (``"parent"``, for
+    --nproc: the runner passes it on). Returns the exit status."""
+    proc = launch(args, tmp_path, log, start_new_session=True)
     cela_dir = tmp_path / "saved" / "cela" / "ml-tiny"
     try:
         wait_for(lambda: cela_dir.is_dir() and any(p.name.startswith("align-") and p.suffix == ".lock"
                                                    for p in cela_dir.iterdir()), "the alignment stage", proc, log)
-        send = (lambda sig: os.killpg(proc.pid, sig)) if group else (lambda sig: os.kill(proc.pid, sig))
-        send(signal.SIGSTOP)  # still inside the stage when SIGINT arrives
-        send(signal.SIGINT)
-        send(signal.SIGCONT)
+        if how == "terminal":
+            os.killpg(proc.pid, signal.SIGSTOP)
+            os.killpg(proc.pid, signal.SIGINT)
+            os.killpg(proc.pid, signal.SIGCONT)
+        else:
+            os.kill(proc.pid, signal.SIGINT)
         return ended(proc)
     finally:
         if proc.poll() is None:
-            (os.killpg if group else os.kill)(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
-@pytest.mark.parametrize("nproc", [1, 2])
-def test_ctrl_c_names_the_stage_keeps_finished_ones_and_exits_130(run_config, tiny_encoder, tmp_path, nproc):
+@pytest.mark.parametrize("nproc, how", [(1, "terminal"), (2, "terminal"), (2, "parent")])
+def test_ctrl_c_names_the_stage_keeps_finished_ones_and_exits_130(run_config, tiny_encoder, tmp_path, nproc, how):
     """Ctrl-C in the alignment stage: one line naming it and the folder of the finished stages, exit
     status 130, no traceback; the same command then reuses the backbone and finishes."""
-    files, overrides = run_config(text_encoder=tiny_encoder, dap=False, epochs=1, align_epochs=1,
-                                  max_text_length=32)
+    # "parent": the stage must outlast the runner's grace period before it passes SIGINT on.
+    epochs = {"align_epochs": 50, "align_stopping_step": 50} if how == "parent" else {"align_epochs": 1}
+    files, overrides = run_config(text_encoder=tiny_encoder, dap=False, epochs=1, max_text_length=32, **epochs)
     args = ["--model=CELA", "--dataset=ml-tiny"] + arguments(files, overrides)
     if nproc > 1:
         args += [f"--nproc={nproc}", f"--port={free_port()}"]
     log = tmp_path / "interrupted.log"
-    status = interrupt_in_align(args, tmp_path, log, group=nproc > 1)
+    status = interrupt_in_align(args, tmp_path, log, how)
     output = log.read_text()
     assert status == 130, output[-3000:]
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
@@ -249,6 +256,8 @@ def test_ctrl_c_names_the_stage_keeps_finished_ones_and_exits_130(run_config, ti
     assert line == (f"interrupted in stage [align]; finished stages are kept in {cela_dir}; "
                     "run the same command to resume.")
     assert not os.path.exists(overrides["results_dir"])
+    if how == "parent":
+        return
     proc = run(args, tmp_path)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     (name,) = os.listdir(overrides["results_dir"])
