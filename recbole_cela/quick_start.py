@@ -152,8 +152,8 @@ def run_recbole_cela(
     logger.info(sys.argv)
     logger.info(config)
     if config.unknown_keys:
-        logger.warning(unknown_keys_message(config.unknown_keys) + ", so it changes nothing "
-                       "(unknown_keys: error refuses it)")
+        logger.warning(unknown_keys_message(config.unknown_keys) + "; passed on as given (unknown_keys: error "
+                       "refuses it)")
 
     # Raw data -> RecBole benchmark files, once (rank 0 writes, the others wait for it).
     with interrupted_in("the data conversion"):

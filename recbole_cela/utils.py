@@ -1,5 +1,5 @@
-"""Small pieces every layer of the plugin uses: its error types, config-file lookup, seeding,
-``--key=value`` parsing. Nothing here imports the plugin's models or trainers."""
+"""Small pieces every layer of the plugin uses: its error types, where Ctrl-C stopped a run,
+config-file lookup, seeding, ``--key=value`` parsing. Nothing here imports the plugin's models or trainers."""
 
 import contextlib
 import functools
