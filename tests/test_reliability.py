@@ -120,6 +120,35 @@ def test_a_result_that_cannot_be_written_at_the_end_is_saved_beside_the_checkpoi
     assert os.path.dirname(error.value.path) == os.path.abspath(config["checkpoint_dir"])
 
 
+def test_a_run_whose_results_dir_is_taken_meanwhile_keeps_its_result(run_config, tmp_path):
+    """A real run: once it trains (its checkpoint exists) it is paused, a file is put where its
+    results_dir would be created, and it goes on. It ends with status 1 and one error block naming the result's new
+    place, beside the checkpoint, which holds the result of that checkpoint."""
+    files, overrides = run_config(epochs=3)
+    log = tmp_path / "run.log"
+    proc = launch(["--model=DeepFM", "--dataset=ml-tiny"] + arguments(files, overrides), tmp_path, log)
+    saved, results = tmp_path / "saved", tmp_path / "results"
+    try:
+        wait_for(lambda: saved.is_dir() and any(p.suffix == ".pth" for p in saved.iterdir()), "a checkpoint", proc, log)
+        os.kill(proc.pid, signal.SIGSTOP)
+        assert not results.exists()  # checked writable, created when the result is written
+        results.write_text("taken\n")
+        os.kill(proc.pid, signal.SIGCONT)
+        ended(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = log.read_text()
+    assert proc.returncode == 1 and "Traceback" not in output and output.count("error: ") == 1, output[-3000:]
+    match = re.search(r"error: cannot write the result to '.*results/DeepFM-ml-tiny-.*\.json' \(.*\): "
+                      r"it is saved at '(.*)' instead", output)
+    assert match, output[-3000:]
+    with open(match.group(1)) as f:
+        result = json.load(f)
+    assert os.path.dirname(match.group(1)) == str(saved) and os.path.isfile(result["checkpoint"])
+    assert result["test_result"]["auc"] > 0
+
+
 # ----------------------------------------------------------------------------- keys
 def test_unknown_keys_are_warned_about_with_the_closest_known_key(run_config, tmp_path):
     """A typo is named with the key it is closest to; the runner's own flags are not warned about;
