@@ -23,6 +23,8 @@ declaration in its props comment (:mod:`recbole_cela.settings`).
 """
 
 import contextlib
+import difflib
+import functools
 import os
 import sys
 
@@ -30,7 +32,7 @@ from recbole_cela.compat import plain
 from recbole_cela.distributed import Config as DistributedConfig
 from recbole_cela.model.protocol import plugin_protocol
 from recbole_cela.settings import check_choice, check_settings
-from recbole_cela.utils import PluginConfigError, dataset_config_file, known_datasets, props_file
+from recbole_cela.utils import PluginConfigError, dataset_config_file, known_datasets, props_file, read_yaml
 
 
 # Resolved settings that change where things are read or written, what is logged, or which
@@ -41,7 +43,7 @@ NON_SEMANTIC_KEYS = frozenset({
     "data_path", "source_path", "checkpoint_dir", "results_dir", "cela_dir", "flip_dir", "backbone_checkpoint",
     "dataset_save_path", "dataloaders_save_path", "save_dataset", "save_dataloaders",
     # logging and progress bars
-    "state", "show_progress", "verbose", "log_wandb", "wandb_project",
+    "state", "show_progress", "verbose", "log_wandb", "wandb_project", "unknown_keys",
     # devices and processes (a distributed stage computes the single-process steps: docs/distributed.md)
     "gpu_id", "use_gpu", "device", "single_spec", "local_rank", "world_size", "nproc", "ip", "port", "offset",
     # speed: the same mathematics in fewer operations or on more threads (recbole_cela/model/layers.py)
@@ -68,6 +70,52 @@ class Config(DistributedConfig):
         super()._load_internal_config_dict(model, model_class, dataset)
         check_settings(self.external_config_dict, config_files(self.model, dataset, backbone=backbone),
                        self.internal_config_dict)
+        self.unknown_keys = unknown_keys(self.external_config_dict, set(self.internal_config_dict).union(
+            *self.parameters.values()))
+        if self.unknown_keys and self.external_config_dict.get("unknown_keys") == "error":
+            raise PluginConfigError(f"{unknown_keys_message(self.unknown_keys)} (unknown_keys: error)")
+
+    def _load_cmd_line(self):
+        """RecBole's command line; a key given twice with different values is refused by name
+        (RecBole raises a SyntaxError with a traceback)."""
+        given = {}
+        if "ipykernel_launcher" not in sys.argv[0]:
+            for arg in sys.argv[1:]:
+                if arg.startswith("--") and arg.count("=") == 1:
+                    key, value = arg[2:].split("=")
+                    if given.setdefault(key, value) != value:
+                        raise PluginConfigError(f"--{key} is given twice on the command line ('{given[key]}', then "
+                                                f"'{value}'): give each key once.")
+        return super()._load_cmd_line()
+
+
+# Keys RecBole's runner (run_recbole.py flags) and the plugin's runner set, declared by no file.
+RUNNER_KEYS = frozenset({"model", "dataset", "config_files", "nproc", "world_size", "ip", "port", "group_offset",
+                         "offset", "local_rank"})
+
+
+@functools.lru_cache(maxsize=None)
+def plugin_keys():
+    """Every key of every file in ``props/`` and ``dataset_configs/``."""
+    props = os.path.dirname(props_file("overall"))
+    files = [os.path.join(props, f) for f in os.listdir(props) if f.endswith(".yaml")]
+    files += [dataset_config_file(dataset) for dataset in known_datasets()]
+    return frozenset().union(*(read_yaml(f) for f in files))
+
+
+def unknown_keys(values, recbole_keys):
+    """{key: closest known key or None} of the keys of ``values`` (a run's settings as given) that no
+    props file, dataset config, RecBole default of this model (``recbole_keys``) or runner declares:
+    usually a typo, which RecBole would ignore without a word."""
+    known = plugin_keys() | set(recbole_keys) | RUNNER_KEYS
+    return {key: next(iter(difflib.get_close_matches(key, sorted(known), n=1)), None)
+            for key in values if key not in known}
+
+
+def unknown_keys_message(unknown):
+    names = ", ".join(f"'{key}'" + (f" (did you mean '{close}'?)" if close else "") for key, close in unknown.items())
+    return (f"unknown setting{'s' if len(unknown) > 1 else ''} {names}: no props file, dataset config or RecBole "
+            "default of this model declares {}".format("them" if len(unknown) > 1 else "it"))
 
 
 def config_files(model_name, dataset, config_file_list=None, backbone=None):

@@ -1,9 +1,14 @@
-"""Atomic writes and RecBole atomic-file reading, used by every part of the plugin.
+"""Atomic writes, file locks, output-folder checks and RecBole atomic-file reading, used by every
+part of the plugin.
 
 A write goes to a temporary file beside its target and is renamed over it only when complete, so
 a process killed mid-write leaves the previous file (or nothing), never a truncated one. The
 temporary file is created with mode 0666, so the process umask applies as for any new file (no
 umask is read or changed here).
+
+A lock (:func:`try_lock`) is an ``flock`` on a file the kernel releases when its holder exits or
+dies: what one process builds for many (a stage artifact, a converted dataset) is built once, by a
+live process, while the others wait for it.
 """
 
 import contextlib
@@ -11,9 +16,16 @@ import hashlib
 import json
 import os
 import re
+import socket
+import tempfile
 import uuid
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no flock, so runs at once are not kept apart
+    fcntl = None
 
 
 def _temporary(path):
@@ -142,3 +154,57 @@ def read_atomic_file(path, keep_types=False):
     if not keep_types:
         frame.columns = [c.split(":")[0] for c in frame.columns]
     return frame
+
+
+
+def try_lock(path):
+    """An exclusive lock on ``path`` (a file created for it) as an open descriptor, or None while
+    another live process holds it. The holder removes the file when it lets go (:func:`unlock`);
+    a process that locked a file just removed by its former holder sees so and tries again."""
+    if fcntl is None:  # pragma: no cover
+        return -1
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+            return fd
+        os.close(fd)
+
+
+def unlock(path, fd):
+    """Let go of :func:`try_lock`'s lock: the file first, so nobody locks a file about to vanish."""
+    if fd == -1:  # pragma: no cover
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+    os.close(fd)
+
+
+def unwritable(folder):
+    """Why a run could not write files into ``folder``, or None when it can. Nothing is created:
+    the check writes and removes a file in ``folder``, or in its nearest existing parent when it
+    does not exist yet. Permission bits alone do not tell (root ignores them; an immutable folder
+    or a read-only mount refuses root too)."""
+    target = path = os.path.abspath(folder)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        return "it exists and is not a folder" if path == target else f"'{path}' is a file, not a folder"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        return reason if path == target else f"cannot create it in '{path}' ({reason})"
+    return None

@@ -28,7 +28,10 @@ the dataset's ``.item`` atomic format (header ``item_id:token<TAB>movie_title:to
 whose text is assembled like the dataset's (``text_fields``/``text_template``).
 ``--pairs``: ``user_id<TAB>history<TAB>item_id`` lines, the history as space-separated item ids
 (oldest first, empty allowed); the output repeats each line with its probability appended.
-Both are UTF-8 text: a line that is not stops the command, naming the file and line.
+Both are UTF-8 text: a line that is not stops the command, naming the file and line, as does an
+empty text, an unknown item or (``--unknown_users=error``) an unknown user. A user the dataset does
+not have is scored as an unknown user (RecBole's padding id, no user features): the pairs that
+name one are counted and warned about.
 """
 
 import argparse
@@ -184,6 +187,11 @@ class NewItemScorer:
         return ids
 
     # --------------------------------------------------------------------------- scoring
+    def unknown_users(self, users):
+        """The users of ``users`` (ids or None) the dataset does not have, each once, in order:
+        scored as an unknown user (the padding id 0, no user features)."""
+        return list(dict.fromkeys(str(u) for u in users if u is not None and str(u) not in self.user_ids))
+
     def _item(self, token):
         try:
             return self.item_ids[str(token)]
@@ -273,6 +281,10 @@ def read_items_file(path, config=None):
         if missing:
             raise NewItemError(f"'{path}' lacks the columns {missing} (the run reads text from {fields}).")
         texts = assemble(frame, fields, config["text_template"], "")
+        for row, (token, text) in enumerate(zip(frame[item_field].str.strip(), texts)):
+            if not str(text).strip():
+                raise NewItemError(f"{path}:{row + 2}: new item '{token}' has an empty text (fields {fields}): "
+                                   "its text is all CELA knows of it.")
         return dict(zip(frame[item_field].str.strip(), texts))
     items = {}
     for number, line in enumerate(lines, 1):
@@ -283,12 +295,16 @@ def read_items_file(path, config=None):
             raise NewItemError(f"{path}:{number}: expected 'item_id<TAB>text', got {line[:80]!r}.")
         if token.strip() in items:
             raise NewItemError(f"{path}:{number}: item id '{token.strip()}' is given twice.")
+        if not text.strip():
+            raise NewItemError(f"{path}:{number}: new item '{token.strip()}' has an empty text: its text is all "
+                               "CELA knows of it.")
         items[token.strip()] = text
     return items
 
 
-def read_pairs_file(path):
-    """``[(user or None, history item ids, item id), ...]`` of ``user_id<TAB>history<TAB>item_id`` lines."""
+def read_pairs_file(path, numbered=False):
+    """``[(user or None, history item ids, item id), ...]`` of ``user_id<TAB>history<TAB>item_id``
+    lines; ``numbered``: ``[(line number, pair), ...]``."""
     pairs = []
     for number, line in enumerate(_text_lines(path, "pairs"), 1):
         if not line.strip():
@@ -297,8 +313,34 @@ def read_pairs_file(path):
         if len(parts) != 3:
             raise NewItemError(f"{path}:{number}: expected 'user_id<TAB>history<TAB>item_id', got {line[:80]!r}.")
         user, history, item = parts
-        pairs.append((user.strip() or None, history.split(), item.strip()))
+        pair = (user.strip() or None, history.split(), item.strip())
+        pairs.append((number, pair) if numbered else pair)
     return pairs
+
+
+def check_pairs(scorer, numbered, path, unknown_users="warn"):
+    """Refuse a pair naming an unknown item, naming its file and line; count the pairs naming an
+    unknown user and warn about them on stderr (``unknown_users="error"``: refuse the first)."""
+    unknown = []
+    for number, (user, history, item) in numbered:
+        for token in [*history, item]:
+            if token not in scorer.item_ids:
+                raise NewItemError(f"{path}:{number}: unknown item '{token}': neither in dataset "
+                                   f"'{scorer.config['dataset']}' nor in the new items.")
+        if scorer.unknown_users([user]):
+            unknown.append((number, user))
+    if not unknown:
+        return
+    users = list(dict.fromkeys(user for _, user in unknown))
+    where = f"{path}:{unknown[0][0]}"
+    if unknown_users == "error":
+        raise NewItemError(f"{where}: unknown user '{unknown[0][1]}' ({len(unknown)} pairs name {len(users)} users "
+                           f"dataset '{scorer.config['dataset']}' does not have): correct or remove them, or "
+                           "--unknown_users=warn scores them as an unknown user.")
+    shown = ", ".join(f"'{u}'" for u in users[:5]) + (", ..." if len(users) > 5 else "")
+    sys.stderr.write(f"warning: {len(unknown)} of {len(numbered)} pairs name {len(users)} users dataset "
+                     f"'{scorer.config['dataset']}' does not have ({shown}; first at {where}): scored as an "
+                     "unknown user (padding id, no user features); --unknown_users=error refuses them.\n")
 
 
 def parse_args(argv=None):
@@ -313,6 +355,9 @@ def parse_args(argv=None):
     parser.add_argument("--k", type=int, default=10, help="how many ranked items to print")
     parser.add_argument("--output", default=None, help="write here instead of stdout")
     parser.add_argument("--data_path", default=None, help="the datasets' folder, if it moved since training")
+    parser.add_argument("--unknown_users", choices=["warn", "error"], default="warn",
+                        help="a user the dataset does not have: scored as an unknown user, counted and warned "
+                             "about (warn), or refused (error)")
     return parser.parse_args(argv)
 
 
@@ -321,11 +366,21 @@ def main(argv=None):
     try:
         # The input files are read before the run is loaded (the items file is checked only as
         # text: its dataset format needs the run's config), so a bad file stops at once.
-        pairs = read_pairs_file(args.pairs) if args.pairs else None
+        numbered = read_pairs_file(args.pairs, numbered=True) if args.pairs else None
+        pairs = [pair for _, pair in numbered] if numbered is not None else None
         _text_lines(args.items, "items")
         overrides = {"data_path": args.data_path} if args.data_path else None
         scorer = NewItemScorer.load(args.checkpoint, dataset=args.dataset, config_dict=overrides)
         scorer.add_items(read_items_file(args.items, scorer.config))
+        if pairs is not None:
+            check_pairs(scorer, numbered, args.pairs, args.unknown_users)
+        if args.history is not None and scorer.unknown_users([args.user]):
+            what = f"--user '{args.user}': dataset '{scorer.config['dataset']}' does not have this user"
+            if args.unknown_users == "error":
+                raise NewItemError(f"{what}; without --user, or with --unknown_users=warn, the ranking is for "
+                                   "an unknown user.")
+            sys.stderr.write(f"warning: {what}: ranked for an unknown user (padding id, no user features); "
+                             "--unknown_users=error refuses it.\n")
         lines = []
         if pairs is not None:
             for (user, history, item), p in zip(pairs, scorer.score_pairs(pairs)):

@@ -10,13 +10,17 @@ rebuilds its flow from RecBole's own parts: ``Config`` -> ``create_dataset`` ->
 * writes a JSON result (metrics, wall times, throughput, peak memory, AUC per item-popularity
   bucket, resolved config, the checkpoint it belongs to) to ``results_dir``;
 * names each run's checkpoint and result file uniquely (:func:`run_id`);
-* checks every setting before any work (:mod:`recbole_cela.settings`) and reports a known error
+* checks every setting (:mod:`recbole_cela.settings`) and every place it writes
+  (:func:`check_output_folders`) before any work, and reports a known error
   (:class:`~recbole_cela.utils.PluginError`) as one ``error:`` block without a traceback.
 """
 
 import argparse
+import json
 import os
+import signal
 import sys
+import tempfile
 import time
 import uuid
 from logging import getLogger
@@ -30,18 +34,29 @@ from recbole.utils import get_environment, get_local_time, init_logger, set_colo
 import recbole_cela  # noqa: F401  (applies the compatibility fixes)
 from recbole_cela.checkpoints import run_record
 from recbole_cela.compat import plain
-from recbole_cela.config import build_config
+from recbole_cela.config import build_config, unknown_keys_message
 from recbole_cela.data import prepare_from_config
 from recbole_cela.distributed import all_gather_object, barrier, broadcast_object
 from recbole_cela.evaluation import RecordedPredictions, auc_by_popularity, item_popularity, overall_auc
-from recbole_cela.fileio import atomic_write_json
+from recbole_cela.fileio import atomic_write_json, unwritable
 from recbole_cela.model import build_model, get_model
 from recbole_cela.model.layers import uses_fast_layers
 from recbole_cela.model.protocol import plugin_protocol
 from recbole_cela.trainer import get_trainer
-from recbole_cela.utils import PluginConfigError, PluginError, init_seed, set_threads
+from recbole_cela.utils import (
+    PluginConfigError,
+    PluginError,
+    init_seed,
+    interrupted_in,
+    interrupted_message,
+    set_threads,
+)
 
 __all__ = ["build_config", "main", "run", "run_recbole_cela"]
+
+EXIT_INTERRUPTED = 130  # a shell's status for a command stopped by Ctrl-C (128 + SIGINT)
+INTERRUPT_GRACE_S = 5  # --nproc: how long the parent waits for Ctrl-C to end its processes before passing it on
+INTERRUPT_WAIT_S = 30  # then how long it waits for each before terminating it
 
 
 def _peak_rss_mb():
@@ -59,9 +74,60 @@ def run_id():
     return f"{get_local_time()}-{uuid.uuid4().hex[:8]}"
 
 
+class ResultWriteError(PluginError):
+    """The result could not be written to ``results_dir`` at the end of a run; the message says
+    where it was written instead (``path``)."""
+
+
+def output_folders(config):
+    """{what: folder} of every place a run writes: results, checkpoints, the stage cache of a
+    staged model, the converted data (unless already converted), RecBole's logs."""
+    folders = {"results_dir": config["results_dir"] or "results", "checkpoint_dir": config["checkpoint_dir"]}
+    trainer_class = get_trainer(config["MODEL_TYPE"], config["model"])
+    if hasattr(trainer_class, "cache_root"):
+        folders[trainer_class.artifact_dir_key] = trainer_class.cache_root(config)
+    stamp = os.path.join(config["data_path"], f"{config['dataset']}.prep.json")
+    if config["source_format"] and not os.path.isfile(stamp):
+        folders["data_path"] = config["data_path"]
+    # RecBole's init_logger and its trainer's TensorBoard writer use fixed folders of the working directory.
+    folders["RecBole's log folder"] = os.path.join("log", config["model"])
+    folders["RecBole's TensorBoard folder"] = "log_tensorboard"
+    return folders
+
+
+def check_output_folders(config):
+    """Raise :class:`PluginConfigError` naming every place of :func:`output_folders` that cannot be
+    written (each is tried: created if missing, a file written and removed), before any work."""
+    refused = [f"{what} '{folder}': {why}" for what, folder in output_folders(config).items()
+               if (why := unwritable(folder))]
+    if refused:
+        raise PluginConfigError(
+            "this run cannot write where it would write its output:\n  " + "\n  ".join(refused)
+            + "\nSet each to a folder this user can write (RecBole's log folders: run from such a folder). "
+            "Nothing was read or trained."
+        )
+
+
 def write_result(result, config, run):
-    folder = config["results_dir"] or "results"
-    return atomic_write_json(os.path.join(folder, f"{config['model']}-{config['dataset']}-{run}.json"), result)
+    """Write the result JSON to ``results_dir``; if that fails (disk full, a folder that changed
+    since the run started), beside the checkpoint or in the temporary folder, then raise
+    :class:`ResultWriteError` saying where it is (the last resort: the JSON in the message)."""
+    name = f"{config['model']}-{config['dataset']}-{run}.json"
+    path = os.path.join(config["results_dir"] or "results", name)
+    try:
+        return atomic_write_json(path, result)
+    except OSError as error:
+        failure = f"cannot write the result to '{path}' ({error.strerror or error})"
+    for folder in (config["checkpoint_dir"], tempfile.gettempdir()):
+        try:
+            fallback = atomic_write_json(os.path.join(folder, name), result)
+        except OSError:
+            continue
+        error = ResultWriteError(f"{failure}: it is saved at '{fallback}' instead. Check results_dir.")
+        error.path = fallback
+        raise error
+    raise ResultWriteError(f"{failure}, nor beside the checkpoint or in the temporary folder; the result:\n"
+                           + json.dumps(result, indent=2, default=str))
 
 
 def _test(trainer, config, train_data, test_data, saved):
@@ -88,22 +154,28 @@ def run_recbole_cela(
 ):
     """Train and test one model on one dataset; return (and write) the result dict."""
     model_class, config = build_config(model, dataset, config_file_list, config_dict)
+    check_output_folders(config)
     threads = set_threads(config)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
     logger.info(sys.argv)
     logger.info(config)
+    if config.unknown_keys:
+        logger.warning(unknown_keys_message(config.unknown_keys) + "; passed on as given (unknown_keys: error "
+                       "refuses it)")
 
     # Raw data -> RecBole benchmark files, once (rank 0 writes, the others wait for it).
-    if config["local_rank"] == 0 or config["single_spec"]:
-        prepare_from_config(config, logger)
-    if not config["single_spec"]:
-        dist.barrier()
+    with interrupted_in("the data conversion"):
+        if config["local_rank"] == 0 or config["single_spec"]:
+            prepare_from_config(config, logger)
+        if not config["single_spec"]:
+            dist.barrier()
 
-    dataset = create_dataset(config)
-    logger.info(dataset)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
+    with interrupted_in("loading the data"):
+        dataset = create_dataset(config)
+        logger.info(dataset)
+        train_data, valid_data, test_data = data_preparation(config, dataset)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = build_model(model_class, config, train_data._dataset).to(config["device"])
@@ -118,13 +190,17 @@ def run_recbole_cela(
     trainer.saved_model_file = os.path.join(config["checkpoint_dir"], f"{config['model']}-{run}.pth")
 
     start = time.time()
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
-    )
-    barrier()  # rank 0 has written the best checkpoint before any rank loads it
+    # A staged model's stages name themselves; its finished stages are kept for a rerun.
+    cache = getattr(trainer, "cache", None)
+    with interrupted_in("the final training" if cache else "training", cache.root if cache else None):
+        best_valid_score, best_valid_result = trainer.fit(
+            train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+        )
+        barrier()  # rank 0 has written the best checkpoint before any rank loads it
     fit_time = time.time() - start
 
-    test_result, eval_time, buckets, test_auc_all = _test(trainer, config, train_data, test_data, saved)
+    with interrupted_in("testing", cache.root if cache else None):
+        test_result, eval_time, buckets, test_auc_all = _test(trainer, config, train_data, test_data, saved)
     n_test = len(test_data.dataset)
 
     logger.info(
@@ -161,11 +237,17 @@ def run_recbole_cela(
         "argv": sys.argv,
         "config": plain(config.final_config_dict),
     }
+    failure = None
     if config["local_rank"] == 0:
-        path = write_result(result, config, run)
-        logger.info(set_color("result written to", "blue") + f": {path}")
+        try:
+            path = write_result(result, config, run)
+            logger.info(set_color("result written to", "blue") + f": {path}")
+        except ResultWriteError as error:  # raised once every process has finished
+            failure = error
     if not config["single_spec"]:
         dist.destroy_process_group()
+    if failure is not None:
+        raise failure
     if config["local_rank"] == 0 and queue is not None:
         queue.put(result)
     return result
@@ -196,6 +278,9 @@ def _run_rank(rank, model, dataset, config_file_list, kwargs):
         # A known error ends this process without a traceback; run() raises it in the parent.
         kwargs["queue"].put(error)
         sys.exit(1)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C reaches every process: the parent says where
+        kwargs["queue"].put(("interrupted", getattr(interrupt, "stage", "setup"), getattr(interrupt, "kept", None)))
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def _drain(queue):
@@ -223,7 +308,8 @@ def run(
     not_distributed = plugin_protocol(get_model(model)).not_distributed
     if not_distributed:  # refused before any process starts or any data is read
         raise PluginConfigError(not_distributed)
-    build_config(model, dataset, config_file_list, dict(config_dict or {}))  # every setting, before any process starts
+    # every setting and output folder, before any process starts
+    check_output_folders(build_config(model, dataset, config_file_list, dict(config_dict or {}))[1])
     import torch.multiprocessing as mp
 
     queue = mp.get_context("spawn").SimpleQueue()
@@ -238,12 +324,35 @@ def run(
         }
     )
     kwargs = {"config_dict": config_dict, "queue": queue, "saved": saved}
+    context = mp.start_processes(_run_rank, args=(model, dataset, config_file_list, kwargs), nprocs=nproc,
+                                 join=False, start_method="spawn")
     try:
-        mp.spawn(_run_rank, args=(model, dataset, config_file_list, kwargs), nprocs=nproc, join=True)
-    except mp.ProcessExitedException:
-        known = [item for item in _drain(queue) if isinstance(item, PluginError)]
-        if known:  # the first known error of any process, as a single process reports it
+        while not context.join():
+            pass
+    except (KeyboardInterrupt, mp.ProcessExitedException) as error:
+        interrupted = isinstance(error, KeyboardInterrupt)
+        if interrupted:
+            # Ctrl-C in a terminal interrupts every process; a SIGINT sent to this one alone is passed
+            # on. Each says where it stopped, then ends.
+            deadline = time.time() + INTERRUPT_GRACE_S
+            for process in context.processes:
+                process.join(max(0.0, deadline - time.time()))
+                if process.is_alive():
+                    os.kill(process.pid, signal.SIGINT)
+            for process in context.processes:
+                process.join(INTERRUPT_WAIT_S)
+                if process.is_alive():
+                    process.terminate()
+        items = _drain(queue)
+        known = [item for item in items if isinstance(item, PluginError)]
+        if known and not interrupted:  # the first known error of any process, as a single process reports it
             raise known[0] from None
+        stops = [item for item in items if isinstance(item, tuple) and item[0] == "interrupted"]
+        if stops or interrupted:
+            interrupt = error if interrupted else KeyboardInterrupt()
+            if not hasattr(interrupt, "stage"):
+                interrupt.stage, interrupt.kept = stops[0][1:] if stops else ("the worker processes", None)
+            raise interrupt from None
         raise
     results = [item for item in _drain(queue) if isinstance(item, dict)]
     return results[0] if results else None
@@ -280,6 +389,9 @@ def main(argv=None):
         )
     except PluginError as error:  # known and fixable: its message alone; anything else keeps its traceback
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: where it stopped and what a rerun reuses, no traceback
+        sys.stderr.write(interrupted_message(interrupt) + "\n")
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""Small pieces every layer of the plugin uses: its error types, config-file lookup, seeding.
-Nothing here imports the plugin's models or trainers."""
+"""Small pieces every layer of the plugin uses: its error types, where Ctrl-C stopped a run,
+config-file lookup, seeding. Nothing here imports the plugin's models or trainers."""
 
+import contextlib
 import functools
 import importlib
 import os
@@ -14,6 +15,27 @@ class PluginError(ValueError):
 
 class PluginConfigError(PluginError):
     """A model, dataset or config key the plugin cannot use, with what to do instead."""
+
+
+@contextlib.contextmanager
+def interrupted_in(stage, kept=None):
+    """A Ctrl-C inside the block records on its ``KeyboardInterrupt`` which ``stage`` was running
+    and ``kept``, the folder of finished stages a rerun reuses (None: nothing to resume), unless a
+    block inside recorded its own: the runner's message names them (:func:`interrupted_message`)."""
+    try:
+        yield
+    except KeyboardInterrupt as interrupt:
+        if not hasattr(interrupt, "stage"):
+            interrupt.stage, interrupt.kept = stage, kept
+        raise
+
+
+def interrupted_message(interrupt):
+    """The one line a command prints when Ctrl-C stops it (see :func:`interrupted_in`)."""
+    stage, kept = getattr(interrupt, "stage", "setup"), getattr(interrupt, "kept", None)
+    if kept:
+        return f"interrupted in {stage}; finished stages are kept in {kept}; run the same command to resume."
+    return f"interrupted in {stage}; run the same command to start it again."
 
 
 def _config_folder(package):

@@ -96,9 +96,9 @@ RUNNER = [sys.executable, str(REPO / "run_recbole_cela.py")]
 
 @pytest.mark.parametrize("how, args, expected", [
     pytest.param("runner", ["--model=DeepFM", "--source_path=MISSING"],
-                 "Input files for source_format 'recbole' not found", id="missing-source"),
+                 r"source_path '.*missing' does not exist: source_format 'recbole' reads 'ml-tiny.inter'", id="missing-source"),
     pytest.param("runner", ["--model=DeepFM", "--source_path=MISSING", "--nproc=2", "--port=PORT"],
-                 "Input files for source_format 'recbole' not found", id="missing-source-two-processes"),
+                 r"source_path '.*missing' does not exist: source_format 'recbole' reads 'ml-tiny.inter'", id="missing-source-two-processes"),
     pytest.param("runner", ["--model=CELA", "--text_encoder=MISSING"],  # once the data is read
                  "text_encoder '.*missing' is not a local Hugging Face model", id="wrong-encoder-folder"),
     pytest.param("recbole-cela", ["--model=CELA", "--epochs=abc", "--text_pooling=max"],  # all named, in one block

@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import re
 
 import pytest
 import torch
@@ -172,3 +173,34 @@ def test_non_utf8_files_are_refused_with_file_and_line_before_loading(tmp_path):
     with pytest.raises(NewItemError, match=r"new\.item:2: not UTF-8 text"):
         read_items_file(str(atomic), {"ITEM_ID_FIELD": "item_id", "text_fields": ["movie_title"],
                                       "text_template": None})
+
+
+def test_unknown_users_are_counted_and_warned_about_or_refused(trained, tmp_path, capsys):
+    """Pairs naming users the dataset does not have are scored as an unknown user, counted and
+    warned about; --unknown_users=error refuses them; an unknown item or an empty text stops the
+    command naming its file and line."""
+    checkpoint, _, _ = trained
+    items = tmp_path / "new.tsv"
+    items.write_text("".join(f"{k}\t{v}\n" for k, v in NEW.items()))
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("1\t50 181\tn1\n99999\t50\tn2\nnobody\t\t50\n99999\t172\tn1\n")
+    out = tmp_path / "scores.tsv"
+    main([f"--checkpoint={checkpoint}", f"--items={items}", f"--pairs={pairs}", f"--output={out}"])
+    assert len(out.read_text().splitlines()) == 4  # every pair scored
+    warning = capsys.readouterr().err
+    assert re.search(r"warning: 3 of 4 pairs name 2 users dataset 'ml-tiny' does not have \('99999', 'nobody'; "
+                     r"first at .*pairs\.tsv:2\): scored as an unknown user", warning), warning
+    scorer = NewItemScorer.load(checkpoint)
+    assert scorer.unknown_users(["1", "99999", None, "nobody", "99999"]) == ["99999", "nobody"]
+    with pytest.raises(SystemExit, match=r"pairs\.tsv:2: unknown user '99999' \(3 pairs name 2 users"):
+        main([f"--checkpoint={checkpoint}", f"--items={items}", f"--pairs={pairs}", "--unknown_users=error"])
+    with pytest.raises(SystemExit, match=r"--user 'nobody': dataset 'ml-tiny' does not have this user"):
+        main([f"--checkpoint={checkpoint}", f"--items={items}", "--history=50", "--user=nobody",
+              "--unknown_users=error"])
+    pairs.write_text("1\t50\tn1\n2\t50 nope\tn2\n")
+    with pytest.raises(SystemExit, match=r"pairs\.tsv:2: unknown item 'nope': neither in dataset 'ml-tiny' nor in "
+                                         r"the new items"):
+        main([f"--checkpoint={checkpoint}", f"--items={items}", f"--pairs={pairs}"])
+    items.write_text("item_id\ttext\nn1\tA film\nn2\t  \n")
+    with pytest.raises(SystemExit, match=r"new\.tsv:3: new item 'n2' has an empty text"):
+        main([f"--checkpoint={checkpoint}", f"--items={items}", "--history=50"])

@@ -73,7 +73,9 @@ encoders give it ``text_fallback``), an item missing from a feature file gets an
 
 Every file is written to a temporary file in the same folder and renamed over its target, after
 all the data has been read, checked and built in memory: a failed or interrupted run damages
-nothing a later run would trust.
+nothing a later run would trust. A conversion runs under a lock beside the output folder
+(``<data_path>/.<dataset>.convert.lock``, :func:`recbole_cela.fileio.try_lock`): of runs that meet
+a new dataset at once, one converts it and the others wait and reuse its files.
 
 Modules
 -------
@@ -109,6 +111,7 @@ from recbole_cela.data.problems import DataPreparationError, Problems
 from recbole_cela.data.protocol import SPLITS, build_samples
 from recbole_cela.data.recbole_source import read_recbole, recbole_inputs
 from recbole_cela.data.sequence_source import read_sequence, sequence_inputs
+from recbole_cela.fileio import try_lock, unlock
 
 __all__ = [
     "AMAZON_2014_URL",
@@ -121,6 +124,9 @@ __all__ = [
 ]
 
 SOURCE_FORMATS = ("recbole", "sequence", "amazon2014", "amazon2018")
+# Beside the output folder (.<dataset>.convert.lock), so a failed conversion leaves no folder.
+LOCK_SUFFIX = ".convert.lock"
+WAIT_POLL_S = 1.0  # how often a run waiting for another process's conversion looks again
 
 
 def _resolve_source_path(dataset, source_path):
@@ -142,6 +148,19 @@ def _inputs(dataset, source_format, folder):
     if source_format == "sequence":
         return sequence_inputs(folder)
     return amazon_inputs(source_format, folder)
+
+
+def _required_inputs(dataset, source_format, folder, item_feature_files):
+    """The source form's input files; when missing, the message names the optional feature files
+    (``item_feature_files``) after the required ones."""
+    try:
+        return _inputs(dataset, source_format, folder)
+    except DataPreparationError as error:
+        files = [spec.get("file") for spec in (item_feature_files or {}).values() if isinstance(spec, dict)]
+        if not files:
+            raise
+        raise DataPreparationError(f"{error}\nItem feature files, also read from it: {', '.join(map(repr, files))} "
+                                   "(item_feature_files: remove an entry to do without it).") from None
 
 
 def _read(dataset, source_format, folder, problems):
@@ -279,15 +298,56 @@ def prepare_dataset(
     """
     logger = logger or logging.getLogger(__name__)
     source_folder, folder = _folders(dataset, source_format, source_path, data_path, max_history)
+    inputs = _required_inputs(dataset, source_format, source_folder, item_feature_files)
     features = feature_specs(item_feature_files, source_folder)
     settings = _settings(dataset, source_format, source_folder, data_path, max_history, rating_threshold,
                          seed, max_bad_ratio, features)
-    inputs = _inputs(dataset, source_format, source_folder) + [path for _, _, path in features]
+    inputs += [path for _, _, path in features]
     stamp_path = os.path.join(folder, f"{dataset}.prep.json")
     if not force and up_to_date(stamp_path, folder, settings, inputs):
         logger.info(f"Dataset '{dataset}' is up to date in '{folder}': not converted again.")
         return folder
+    fd, lock = _lock(os.path.dirname(folder), dataset, logger)
+    try:
+        # Converted meanwhile by the process this one waited for: its files are reused.
+        if not force and up_to_date(stamp_path, folder, settings, inputs):
+            logger.info(f"Dataset '{dataset}' was converted by another process into '{folder}': reused.")
+            return folder
+        _convert(dataset, source_format, source_folder, folder, features, settings, inputs, max_history,
+                 rating_threshold, seed, max_bad_ratio, logger)
+    finally:
+        unlock(lock, fd)
+    return folder
 
+
+def _lock(data_path, dataset, logger):
+    """(descriptor, path) of the lock of the conversion of ``dataset`` into ``data_path``, taken
+    once any other process converting it has finished."""
+    try:
+        os.makedirs(data_path, exist_ok=True)
+    except OSError as error:
+        raise DataPreparationError(f"Cannot create the data folder '{data_path}' ({error.strerror}): "
+                                   "set data_path to a folder this user can write.") from None
+    path = os.path.join(data_path, f".{dataset}{LOCK_SUFFIX}")
+    folder = os.path.join(data_path, dataset)
+    waiting = False
+    while True:
+        try:
+            fd = try_lock(path)
+        except OSError as error:
+            raise DataPreparationError(f"Cannot write into the data folder '{data_path}' ({error.strerror}): "
+                                       "set data_path to a folder this user can write.") from None
+        if fd is not None:
+            return fd, path
+        if not waiting:
+            logger.warning(f"Dataset '{dataset}' is being converted into '{folder}' by another process: "
+                           "waiting for it, to reuse its files.")
+            waiting = True
+        time.sleep(WAIT_POLL_S)
+
+
+def _convert(dataset, source_format, source_folder, folder, features, settings, inputs, max_history,
+             rating_threshold, seed, max_bad_ratio, logger):
     start = time.time()
     logger.info(f"Converting '{dataset}' ({source_format}) from '{source_folder}' to '{folder}'.")
     problems = Problems()
@@ -297,4 +357,3 @@ def prepare_dataset(
     files, stamp = _outputs(dataset, source_folder, source, samples, problems, settings, inputs)
     write_folder(folder, dataset, files, stamp)
     logger.info(_summary(dataset, time.time() - start, stamp["counts"], folder))
-    return folder

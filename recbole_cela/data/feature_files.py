@@ -10,7 +10,7 @@ import os
 import pandas as pd
 
 from recbole_cela.data.problems import DataPreparationError
-from recbole_cela.data.source import is_id, missing_files_error, read_tab_lines
+from recbole_cela.data.source import is_id, read_tab_lines
 
 ITEM_FEATURE_TYPES = ("token", "token_seq", "float", "float_seq")
 
@@ -28,8 +28,8 @@ def feature_specs(item_feature_files, folder):
             raise DataPreparationError(f"Item feature '{name}' has file={file!r}, type={kind!r}. {how}")
         path = os.path.join(folder, str(file))
         if not os.path.isfile(path):
-            raise missing_files_error("item feature", folder, [str(file)],
-                                      f"Item feature '{name}' reads it ('ITEM<TAB>VALUE' lines, no header). {how}")
+            raise DataPreparationError(f"source_path '{folder}' lacks '{file}', the file of item feature '{name}' "
+                                       f"('ITEM<TAB>VALUE' lines, no header).\n{how}")
         specs.append((str(name), kind, path))
     return specs
 

@@ -104,8 +104,11 @@ def not_utf8_error(path, number, line, why):
 
 
 def missing_files_error(source_format, folder, expected, how):
-    exists = "" if os.path.isdir(folder) else " (the folder does not exist)"
-    return DataPreparationError(
-        f"Input files for source_format '{source_format}' not found: expected "
-        f"{', '.join(repr(e) for e in expected)} in '{folder}'{exists}. {how}"
-    )
+    """The error for input files missing from ``folder``: its first line names ``source_path``, the
+    folder and the files the source form needs there; ``how`` follows."""
+    files = ", ".join(repr(e) for e in expected)
+    if os.path.isdir(folder):
+        first = f"source_path '{folder}' lacks {files}: the input files of source_format '{source_format}'."
+    else:
+        first = f"source_path '{folder}' does not exist: source_format '{source_format}' reads {files} from it."
+    return DataPreparationError(f"{first}\n{how}")

@@ -30,7 +30,6 @@ import contextlib
 import copy
 import os
 import shutil
-import socket
 import time
 import uuid
 
@@ -41,13 +40,16 @@ from recbole.utils import set_color
 from recbole_cela.compat import plain
 from recbole_cela.config import NON_SEMANTIC_KEYS
 from recbole_cela.distributed import barrier, broadcast_object, is_main, world_size
-from recbole_cela.fileio import atomic_torch_save, atomic_write_json, data_fingerprint, fingerprint, read_json
-from recbole_cela.utils import init_seed, props_keys
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no flock, so runs at once are not kept apart
-    fcntl = None
+from recbole_cela.fileio import (
+    atomic_torch_save,
+    atomic_write_json,
+    data_fingerprint,
+    fingerprint,
+    read_json,
+    try_lock,
+    unlock,
+)
+from recbole_cela.utils import init_seed, interrupted_in, props_keys
 
 MARKER = "stage.json"
 TEMPORARY = ".tmp-"
@@ -95,39 +97,6 @@ def param_groups(model, encoder_lr=None, other_lr=None):
     parts = [([p for p in model.parameters() if p.requires_grad and id(p) in encoder_ids], encoder_lr),
              ([p for p in model.parameters() if p.requires_grad and id(p) not in encoder_ids], other_lr)]
     return [{"params": params, **({"lr": lr} if lr else {})} for params, lr in parts if params]
-
-
-def try_lock(path):
-    """An exclusive lock on ``path`` (a file created for it) as an open descriptor, or None while
-    another live process holds it. The holder removes the file when it lets go (:func:`unlock`);
-    a process that locked a file just removed by its former holder sees so and tries again."""
-    if fcntl is None:  # pragma: no cover
-        return -1
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        try:
-            current = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            current = False
-        if current:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
-            return fd
-        os.close(fd)
-
-
-def unlock(path, fd):
-    """Let go of :func:`try_lock`'s lock: the file first, so nobody locks a file about to vanish."""
-    if fd == -1:  # pragma: no cover
-        return
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(path)
-    os.close(fd)
 
 
 class StageCache:
@@ -222,10 +191,14 @@ class StagedTrainer(Trainer):
     artifact_dir_key = None  # config key of the artifact root, e.g. "cela_dir"
     artifact_folder = None  # its default: <checkpoint_dir>/<artifact_folder>/<dataset>
 
+    @classmethod
+    def cache_root(cls, config):
+        """The folder of this trainer's stage artifacts under ``config``."""
+        return config[cls.artifact_dir_key] or os.path.join(config["checkpoint_dir"], cls.artifact_folder, config["dataset"])
+
     def __init__(self, config, model):
         super().__init__(config, model)
-        root = config[self.artifact_dir_key] or os.path.join(config["checkpoint_dir"], self.artifact_folder, config["dataset"])
-        self.cache = StageCache(root)
+        self.cache = StageCache(self.cache_root(config))
         self.stage_report = {}
         self.checkpoint_record = {}
         self.stage_loaders = ()  # the RecBole loaders a stage may draw from: set by ``fit``
@@ -256,6 +229,10 @@ class StagedTrainer(Trainer):
         hold), and returns ``(report,
         save)``: rank 0 calls ``save(folder)`` inside the cache's temporary folder. Returns
         ``(path, run_id)``."""
+        with interrupted_in(f"stage [{name}]", self.cache.root):  # Ctrl-C: the runner names the stage
+            return self._stage(name, settings, build, upstream, seed)
+
+    def _stage(self, name, settings, build, upstream, seed):
         upstream = {"data": self.data_id, **(upstream or {})}
         key = fingerprint({"settings": settings, "upstream": upstream})
         path = self.cache.path(name, key)
