@@ -1,6 +1,6 @@
 """A trained run loaded back (``recbole_cela.load_data_and_model``) and a file scored with it
-(``python -m recbole_cela.predict``): runs of a context-aware model, DIN and CELA (tiny random
-BERT) trained through the command line on the ml-100k slice, and FLIP in process."""
+(``python -m recbole_cela.predict``): runs of a context-aware model, DIN, DINUser and CELA (tiny
+random BERT) trained through the command line on the ml-100k slice, and FLIP in process."""
 
 import hashlib
 import os
@@ -23,7 +23,7 @@ from recbole_cela.utils import PluginConfigError, PluginError
 from conftest import REPO
 
 CONFIG = str(REPO / "dataset_configs" / "ml-100k.yaml")
-MODELS = {"DeepFM": {}, "DIN": {},
+MODELS = {"DeepFM": {}, "DIN": {}, "DINUser": {},
           "CELA": {"dap": False, "align": False, "max_text_length": 32, "eval_text_batch_size": 64}}
 
 
