@@ -175,17 +175,25 @@ def test_a_bad_input_file_writes_nothing(runs, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["ragged.tsv", "rows.tsv"]  # no output, no temporary file
 
 
-def test_flip_loads_and_scores_as_evaluated(run_config, tiny_encoder, tmp_path):
-    fast = {"flip_pretrain": False, "flip_finetune_samples": 128, "flip_finetune_batch_size": 32, "flip_text_epochs": 1,
-            "epochs": 1, "flip_finetune_trainable_layers": -1, "flip_max_prompt_length": 64, "mlp_hidden_size": [32, 32]}
-    files, config = run_config(text_encoder=tiny_encoder, **fast)
-    result = run_recbole_cela("FLIP", "ml-tiny", files, config)
+FLIP_FAST = {"flip_pretrain": False, "flip_finetune_samples": 128, "flip_finetune_batch_size": 32,
+             "flip_text_epochs": 1, "flip_finetune_trainable_layers": -1, "flip_max_prompt_length": 64,
+             "mlp_hidden_size": [32, 32]}
+CELA_END_TO_END = {"dap": False, "align": False, "finetune_encoder": True, "max_text_length": 32,
+                   "eval_text_batch_size": 64}
+
+
+@pytest.mark.parametrize("model, settings", [("FLIP", FLIP_FAST), ("CELA", CELA_END_TO_END)], ids=["FLIP", "CELA-e2e"])
+def test_text_reading_runs_load_and_score_as_evaluated(run_config, tiny_encoder, tmp_path, model, settings):
+    """FLIP reads prompts built from the dataset; CELA with finetune_encoder saves its encoder
+    beside the table that encoder computed: both score after loading as they were evaluated."""
+    files, config = run_config(text_encoder=tiny_encoder, epochs=1, **settings)
+    result = run_recbole_cela(model, "ml-tiny", files, config)
     rows = os.path.join(config["data_path"], "ml-tiny", "ml-tiny.test.inter")
     predict_file(result["checkpoint"], rows, str(tmp_path / "scores.tsv"), show_progress=False)
     written = _scores(tmp_path / "scores.tsv")
-    _, model, _, _, _, test = load_data_and_model(result["checkpoint"], {"state": "WARNING"})
-    model.eval()
+    _, loaded, _, _, _, test = load_data_and_model(result["checkpoint"], {"state": "WARNING"})
+    loaded.eval()
     with torch.no_grad():
-        expected = torch.cat([model.predict(batch[0]) for batch in test]).float().numpy()
+        expected = torch.cat([loaded.predict(batch[0]) for batch in test]).float().numpy()
     np.testing.assert_allclose(written["score:float"].to_numpy(), expected, rtol=0, atol=1e-6)
     assert abs(roc_auc_score(written["label:float"], written["score:float"]) - result["test_result"]["auc"]) < 1e-4
