@@ -5,3 +5,7 @@ from recbole_cela import compat
 compat.apply()
 
 __version__ = "0.1.0"
+
+from recbole_cela.loading import load_data_and_model  # noqa: E402  (RecBole's entry point, after the fixes)
+
+__all__ = ["load_data_and_model"]

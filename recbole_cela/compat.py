@@ -30,17 +30,29 @@ torch >= 2.6; they are the plugin's only changes to process state:
    op's output for NaN and keeps forward stack traces, at a large cost per training step and with
    the same results (docs/implementation-notes.md). We import that module once and switch the mode
    back off; ``RECBOLE_CELA_DETECT_ANOMALY=1`` keeps it on for debugging.
+7. RecBole's calls of APIs that torch and pandas have deprecated (``torch.cuda.amp.GradScaler``,
+   chained ``fillna(inplace=True)``, ``Series.agg(len)``) raise a FutureWarning at every run that
+   a user cannot act on: :func:`filter_recbole_warnings` hides those messages from RecBole's
+   modules only.
 
 :func:`apply` is idempotent and is called when :mod:`recbole_cela` is imported.
 """
 
 import enum
 import os
+import warnings
 
 import numpy as np
 import torch
 
 _APPLIED = False
+
+# (message, module) of the FutureWarnings RecBole 1.2.1's code raises on today's torch and pandas.
+_RECBOLE_WARNINGS = [
+    (r"`torch\.cuda\.amp\.GradScaler\(args\.\.\.\)` is deprecated", r"recbole\.trainer"),
+    (r"A value is trying to be set on a copy of a DataFrame or Series through chained assignment", r"recbole\.data"),
+    (r"using <built-in function len> in Series\.agg cannot aggregate", r"recbole\.data"),
+]
 
 # numpy 1.x names RecBole (and code written for it) still uses -> their numpy 2 equivalents.
 _NUMPY_ALIASES = {
@@ -123,6 +135,14 @@ def _plugin_version():
     return __version__
 
 
+def filter_recbole_warnings():
+    """Hide the FutureWarnings of :data:`_RECBOLE_WARNINGS`: RecBole's own calls of APIs that torch
+    and pandas deprecated warn at every run, and a user cannot change them. Only these messages,
+    only where RecBole's modules raise them; every other warning shows as before."""
+    for message, module in _RECBOLE_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning, module=module)
+
+
 def apply():
     """Install the fixes above (idempotent)."""
     global _APPLIED
@@ -137,6 +157,7 @@ def apply():
     import recbole.model.sequential_recommender.sine  # noqa: F401  (its import switches anomaly mode on)
 
     torch.autograd.set_detect_anomaly(os.environ.get("RECBOLE_CELA_DETECT_ANOMALY", "") == "1")
+    filter_recbole_warnings()
     Config.compatibility_settings = _numpy_compatibility_settings
     Trainer._save_checkpoint = _safe_save_checkpoint
     AbstractTrainer.__init__ = ddp_trainer_init

@@ -40,21 +40,11 @@ import sys
 
 import numpy as np
 import torch
-from recbole.data import create_dataset
 from recbole.data.interaction import Interaction
 
-import recbole_cela
-from recbole_cela.checkpoints import load_checkpoint
-from recbole_cela.fileio import data_fingerprint, read_atomic_file, undecodable
-from recbole_cela.model import build_model
-from recbole_cela.utils import PluginConfigError, PluginError
-
-# Keys of a saved config that RecBole or the runner computes; everything else is passed back.
-_COMPUTED = {
-    "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "single_spec", "local_rank", "device", "world_size",
-    "nproc", "ip", "port", "offset", "train_neg_sample_args", "valid_neg_sample_args",
-    "test_neg_sample_args", "dataset", "model", "data_path", "state", "show_progress", "config_files",
-}
+from recbole_cela.fileio import read_atomic_file, undecodable
+from recbole_cela.loading import load_data_and_model, read_run
+from recbole_cela.utils import PluginError
 
 
 class NewItemError(PluginError):
@@ -63,19 +53,13 @@ class NewItemError(PluginError):
 
 def _load_checkpoint(path):
     try:
-        checkpoint = load_checkpoint(path, "the saved/CELA-<time>.pth file of a trained run")
-    except PluginConfigError as error:
+        checkpoint = read_run(path)
+    except PluginError as error:
         raise NewItemError(str(error)) from None
     config = checkpoint["config"]
     if config.get("model") != "CELA":
         raise NewItemError(f"'{path}' is a {config.get('model')} run: new items need a CELA run (model CELA).")
-    plugin = checkpoint.get("plugin") or {}
-    version = plugin.get("version")
-    if version != recbole_cela.__version__:
-        raise NewItemError(
-            f"'{path}' was written by recbole_cela {version or 'of an unrecorded version'}, "
-            f"this is {recbole_cela.__version__}: retrain the run with this version."
-        )
+    plugin = checkpoint["plugin"]
     if not config.get("use_text") or not plugin.get("encoder"):
         raise NewItemError(f"'{path}' is a CELA run without text (use_text: False): it has no text table "
                            "to add new items to (train one with use_text: True).")
@@ -116,7 +100,6 @@ class NewItemScorer:
     def load(cls, checkpoint_path, dataset=None, config_dict=None):
         """Load a CELA run. ``dataset``: the dataset you expect the run to be about (checked);
         ``config_dict``: overrides, e.g. ``{"data_path": ...}`` when the data moved."""
-        from recbole_cela.config import build_config
         from recbole_cela.text.encoder import load_encoder, load_tokenizer
 
         checkpoint = _load_checkpoint(checkpoint_path)
@@ -125,29 +108,14 @@ class NewItemScorer:
             raise NewItemError(
                 f"'{checkpoint_path}' is a run on dataset '{saved['dataset']}', not '{dataset}'."
             )
-        overrides = {k: v for k, v in saved.items() if k not in _COMPUTED and v is not None}
-        overrides["data_path"] = os.path.dirname(os.path.normpath(saved["data_path"]))
-        overrides["state"] = "ERROR"
-        overrides["show_progress"] = False
-        overrides.update(config_dict or {})
-        model_class, config = build_config("CELA", saved["dataset"], None, overrides)
+        # The loader every trained run goes through (recbole_cela.loading): the model with its
+        # text table, built on the training split as the runner builds it.
+        overrides = {"state": "ERROR", "show_progress": False, **(config_dict or {})}
         try:
-            fingerprint = data_fingerprint(config["data_path"], config["dataset"])
-        except FileNotFoundError:
-            fingerprint = None
-        if fingerprint != checkpoint["plugin"].get("data"):
-            raise NewItemError(
-                f"The files of dataset '{config['dataset']}' in '{config['data_path']}' are not the ones "
-                f"'{checkpoint_path}' was trained on (changed or rebuilt since): retrain, or point "
-                "data_path at the original files."
-            )
-        # The training split, as the runner builds the model from (feature tables as Interactions).
-        data = create_dataset(config).build()[0]
-        model = build_model(model_class, config, data)
-        try:
-            model.load_state_dict(checkpoint["state_dict"])
-        except RuntimeError as error:
-            raise NewItemError(f"'{checkpoint_path}' does not fit the model its config builds: {error}") from None
+            config, model, _, train_data, _, _ = load_data_and_model(checkpoint_path, overrides)
+        except PluginError as error:
+            raise NewItemError(str(error)) from None
+        data = train_data.dataset
         model.eval()
         encoder_path = _encoder_folder(checkpoint_path, checkpoint["plugin"]["encoder"], saved["dataset"])
         encoder = load_encoder(encoder_path).eval()

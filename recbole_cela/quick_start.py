@@ -207,7 +207,8 @@ def run_recbole_cela(
         "The running environment of this training is as follows:\n"
         + get_environment(config).draw()
     )
-    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    best_valid_result, test_result = plain(dict(best_valid_result or {})), plain(dict(test_result or {}))
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")  # plain numbers, not np.float64(...)
     logger.info(set_color("test result", "yellow") + f": {test_result}")
     logger.info(set_color("test AUC by item popularity", "yellow") + f": {buckets}")
 
@@ -217,8 +218,8 @@ def run_recbole_cela(
         "seed": config["seed"],
         "best_valid_score": float(best_valid_score),
         "valid_score_bigger": config["valid_metric_bigger"],
-        "best_valid_result": plain(dict(best_valid_result or {})),
-        "test_result": plain(dict(test_result or {})),
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
         "test_auc_by_popularity": buckets,
         "test_auc_all_samples": test_auc_all,
         "world_size": 1 if config["single_spec"] else config["world_size"],

@@ -15,6 +15,15 @@ ML_100K = Path(os.path.dirname(recbole.__file__)) / "dataset_example" / "ml-100k
 N_USERS = 40
 
 
+def pytest_configure(config):
+    """The warning filters ``import recbole_cela`` sets, as pytest filters: pytest puts back the
+    filters of before the import after collecting, and around each test."""
+    from recbole_cela.compat import _RECBOLE_WARNINGS
+
+    for message, module in _RECBOLE_WARNINGS:
+        config.addinivalue_line("filterwarnings", f"ignore:{message}:FutureWarning:{module}")
+
+
 @pytest.fixture(scope="session")
 def ml_slice(tmp_path_factory):
     """The first N_USERS users of the real ml-100k, as a raw RecBole dataset 'ml-tiny'."""
