@@ -57,7 +57,7 @@ WAIT_POLL_S = 1.0  # how often a run waiting for another process's artifact look
 # part of its key (backbone_settings). The data enters the keys by its content, not its path.
 NON_SEMANTIC_KEYS = frozenset({
     # paths
-    "data_path", "source_path", "checkpoint_dir", "results_dir", "cela_dir", "flip_dir", "backbone_checkpoint",
+    "data_path", "source_path", "item_text_file", "checkpoint_dir", "results_dir", "cela_dir", "flip_dir", "backbone_checkpoint",
     "dataset_save_path", "dataloaders_save_path", "save_dataset", "save_dataloaders",
     # logging and progress bars
     "state", "show_progress", "verbose", "log_wandb", "wandb_project",
