@@ -15,11 +15,11 @@ RecBole's backbones are reused, not copied:
 * DIN reads item fields through its ``ContextSeqEmbLayer``: the text fields are appended to the
   item embeddings it returns, and DIN's attention and MLP are sized for the wider items.
 
-Items added after training from their text alone (:mod:`recbole_cela.new_items`) get ids from
-``item_num`` on: their text rows are appended to the table, and the ID part of the backbone sees
-them as the padding item 0, i.e. with RecBole's default for an unknown token in every item-side
-ID feature (item id, and item features such as year or genre). Without added items nothing of
-this runs.
+Items added after training (:mod:`recbole_cela.new_items`) get ids from ``item_num`` on: their
+text rows are appended to the table, and their ID feature rows (the padding item id 0, and the item
+features they come with, such as brand or genre; padding where unknown) to the item table DIN
+looks items up in (:func:`add_item_rows`); a context-aware backbone reads them from the
+interaction, with the padding item id. Without added items nothing of this runs.
 """
 
 import torch
@@ -174,7 +174,8 @@ class _TextSeqEmbedding(nn.Module):
         self.layer, self.item_text = layer, item_text
 
     def forward(self, user_idx, item_idx):
-        sparse, dense = self.layer(user_idx, self.item_text.id_items(item_idx))
+        # Added items have rows of their own in the layer's item table (add_item_rows).
+        sparse, dense = self.layer(user_idx, item_idx)
         text = self.item_text(item_idx)
         sparse["item"] = text if sparse["item"] is None else torch.cat([sparse["item"], text], dim=-2)
         return sparse, dense
@@ -216,6 +217,40 @@ def fused_backbone(backbone_class, text_dim):
         f"backbone '{backbone_class.__name__}' is not supported by CELA: use DIN, DINUser or a RecBole "
         "context-aware model (DeepFM, DCNV2, AutoInt, WideDeep, xDeepFM, FM, ...)."
     )
+
+
+def cat_item_rows(table, rows):
+    """The item table ``table`` (a RecBole ``Interaction``, one row per item) with ``rows`` (the
+    same fields) appended; a sequence field is padded with 0 to the wider of the two."""
+    from recbole.data.interaction import Interaction
+
+    out = {}
+    for field, old in table.interaction.items():
+        new = rows[field].to(old.device, old.dtype)
+        if old.dim() == 2 and old.shape[1] != new.shape[1]:
+            width = max(old.shape[1], new.shape[1])
+            old, new = (F.pad(x, (0, width - x.shape[1])) for x in (old, new))
+        out[field] = torch.cat([old, new])
+    return Interaction(out)
+
+
+def item_table_layer(model):
+    """The embedding layer holding the item table a DIN-family model looks its items up in
+    (``item_feat``: one row per item id), or None for a model that reads item features from the
+    interaction (context-aware)."""
+    if not isinstance(model, DIN):
+        return None
+    layer = model.embedding_layer
+    return layer.layer if isinstance(layer, _TextSeqEmbedding) else layer
+
+
+def add_item_rows(model, rows):
+    """Append the ID feature rows of new items (item id 0, their own item features) to the item
+    table of a DIN-family model, so that ids from its ``item_num`` on look them up; a context-aware
+    model reads them from the interaction instead (nothing to do)."""
+    layer = item_table_layer(model)
+    if layer is not None:
+        layer.item_feat = cat_item_rows(layer.item_feat, rows)
 
 
 @torch.no_grad()
