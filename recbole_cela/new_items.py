@@ -39,6 +39,7 @@ Both are UTF-8 text: a line that is not stops the command, naming the file and l
 """
 
 import argparse
+import copy
 import logging
 import os
 import sys
@@ -108,7 +109,8 @@ class NewItemScorer:
     def __init__(self, model, config, dataset, encoder=None, tokenizer=None):
         from recbole_cela.model.fusion import item_table_layer
 
-        self.model, self.config, self.dataset = model, config, dataset
+        # A shallow copy: the new items' rows are appended to this scorer's item table only.
+        self.model, self.config, self.dataset = model, config, copy.copy(dataset)
         self.encoder, self.tokenizer = encoder, tokenizer
         # The model that looks items up: CELA's fused backbone, or the ID model itself.
         self.id_model = getattr(model, "backbone", model)
