@@ -9,7 +9,8 @@ working directory), with the library installed editable or not:
 * ``python -m benchmarks.eval_cost``: evaluation throughput of CELA vs its backbone;
 * ``python -m benchmarks.text_cost``: CELA's text stages vs a straightforward implementation;
 * ``python -m benchmarks.scaling``: stage wall time vs processes and data size;
-* ``python -m benchmarks.new_items``: items held out of training, added back from their text.
+* ``python -m benchmarks.new_items``: items held out of training, added back from their text and
+  item features.
 
 Only the library's public API is used: the runner (``python -m recbole_cela``), its config
 (``recbole_cela.config.build_config``, ``run_settings``: a run's resolved settings,

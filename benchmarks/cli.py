@@ -221,6 +221,13 @@ def main(argv=None):
         runs.threads_per_job(args.jobs)
     except ValueError as error:
         sys.exit(f"error: {error}")
+    from recbole_cela.utils import dataset_config_file
+
+    other = {n: registry.dataset_of(n, args.dataset) for n in names if registry.dataset_of(n, args.dataset) != args.dataset}
+    absent = sorted({d for d in other.values() if dataset_config_file(d) is None})
+    if absent:
+        sys.exit(f"error: {', '.join(n for n, d in other.items() if d in absent)} run on "
+                 f"{', '.join(absent)}: no dataset_configs/{absent[0]}.yaml (leave those rows out for this dataset)")
     seeds = [FIRST_SEED + i for i in range(1 if args.quick else args.seeds)]
     extra = shlex.split(args.extra)
     bad = [a for a in extra if not a.startswith("--") or "=" not in a]

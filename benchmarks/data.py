@@ -28,6 +28,11 @@ def dataset_yaml(dataset):
 
 def text_token_args(dataset, cfg=None):
     """``--load_col={...}`` loading the dataset's text fields as item features as well."""
+    return [f"--load_col={text_token_load_col(dataset, cfg)!r}"]
+
+
+def text_token_load_col(dataset, cfg=None):
+    """The dataset config's ``load_col`` with its text fields among the item features."""
     cfg = dataset_yaml(dataset) if cfg is None else cfg
     load_col = cfg.get("load_col")
     fields = list(cfg.get("text_fields") or [])
@@ -40,7 +45,7 @@ def text_token_args(dataset, cfg=None):
     item_field = cfg.get("ITEM_ID_FIELD", "item_id")
     item = load_col.setdefault("item", [item_field])
     item += [f for f in fields if f not in item]
-    return [f"--load_col={load_col!r}"]
+    return load_col
 
 
 def resolve_data(dataset, extra_args, prepare=False):

@@ -7,11 +7,16 @@ import yaml
 
 REGISTRY_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "variants.yaml")
 GROUPS = ("pop", "id", "text", "cela", "ablation", "other", "flip")
-FIELDS = ("model", "args", "text_tokens", "backbone_from", "default", "group", "description")
+FIELDS = ("model", "args", "text_tokens", "backbone_from", "dataset_suffix", "default", "group", "description")
 
 
 class RegistryError(ValueError):
     """A malformed ``variants.yaml``."""
+
+
+def raw_suffix(spec):
+    """The ``dataset_suffix`` of a variant's spec as written (None when absent or not a mapping)."""
+    return spec.get("dataset_suffix") if isinstance(spec, dict) else None
 
 
 def _check(name, spec, names):
@@ -22,19 +27,25 @@ def _check(name, spec, names):
     if unknown:
         raise RegistryError(f"variant {name}: unknown field(s) {unknown}; known: {', '.join(FIELDS)}")
     out = {"model": spec.get("model"), "args": list(spec.get("args") or [])}
+    source = spec.get("backbone_from")
     bad = [a for a in out["args"] if not isinstance(a, str) or not a.startswith("--") or "=" not in a]
     if bad:
         raise RegistryError(f"variant {name}: args must be --key=value strings, not {bad}")
-    for key in ("text_tokens", "backbone_from"):
+    for key in ("text_tokens", "backbone_from", "dataset_suffix"):
         if spec.get(key):
             out[key] = spec[key]
+    suffix = spec.get("dataset_suffix")
+    if suffix is not None and (not isinstance(suffix, str) or not suffix.startswith("-") or "/" in suffix):
+        raise RegistryError(f"variant {name}: dataset_suffix must be like '-keywords', not {suffix!r}")
     if spec.get("default", True) is False:
         out["default"] = False
-    source = spec.get("backbone_from")
     if source is not None and (source not in names or source == name):
         raise RegistryError(f"variant {name}: backbone_from '{source}' is not another variant")
     if source is not None and spec.get("model") != "CELA":
         raise RegistryError(f"variant {name}: backbone_from needs model CELA (it sets --backbone_checkpoint)")
+    if source is not None and raw_suffix(names.get(source)) != suffix:
+        raise RegistryError(f"variant {name}: its backbone_from row '{source}' must run on the same dataset "
+                            "(the same dataset_suffix)")
     group = spec.get("group", "other")
     if group not in GROUPS:
         raise RegistryError(f"variant {name}: group '{group}' is not one of {', '.join(GROUPS)}")
@@ -89,4 +100,10 @@ def backbone_source(name, table=None):
 def as_recorded(name, table=None):
     """A variant's spec as the report JSON records it (only the fields that define the run)."""
     s = spec(name, table)
-    return {k: s[k] for k in ("model", "args", "text_tokens", "backbone_from", "default") if k in s}
+    return {k: s[k] for k in ("model", "args", "text_tokens", "backbone_from", "dataset_suffix", "default") if k in s}
+
+
+def dataset_of(name, dataset, table=None):
+    """The dataset a variant runs on in the benchmark of ``dataset``: ``dataset`` + its
+    ``dataset_suffix`` (e.g. amazon-beauty-keywords, the same interactions with other item text)."""
+    return dataset + ((table or variants()).get(name, {}).get("dataset_suffix") or "")

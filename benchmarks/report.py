@@ -157,8 +157,11 @@ def ablation_rows(agg, names):
     cela = [n for n in names if get(agg, n, "settings") and agg[n]["test_auc_mean"] is not None]
     frozen = [n for n in cela if not any(agg[n]["settings"].get(k) for k in ("dap", "align", "finetune_encoder"))]
 
-    def reference(st):
-        same = [n for n in frozen if agg[n]["settings"].get("backbone") == st.get("backbone")]
+    def reference(name, st):
+        # The frozen row of the same dataset (a dataset_suffix row reads other item text).
+        suffix = registry.variants().get(name, {}).get("dataset_suffix")
+        same = [n for n in frozen if agg[n]["settings"].get("backbone") == st.get("backbone")
+                and registry.variants().get(n, {}).get("dataset_suffix") == suffix]
         for key in ("text_proj_fields", "text_normalize", "epochs"):
             closer = [n for n in same if agg[n]["settings"].get(key) == st.get(key)]
             same = closer or same
@@ -172,7 +175,7 @@ def ablation_rows(agg, names):
     for n in cela:
         a, st = agg[n], agg[n]["settings"]
         other = [f"{k}={st.get(k)}" for k in base if st.get(k) != base[k]]
-        ref = None if n in frozen else reference(st)
+        ref = None if n in frozen else reference(n, st)
         gain = None if ref is None else a["test_auc_mean"] - agg[ref]["test_auc_mean"]
         rows.append([n, st.get("backbone"), "yes" if st.get("dap") else "–", "yes" if st.get("align") else "–",
                      ", ".join(other) or "–", str(a["n_ok"]), _f(a["valid_auc_mean"]),

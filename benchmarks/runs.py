@@ -24,7 +24,7 @@ import time
 
 from benchmarks import registry
 from benchmarks.common import QUICK_ARGS, cpu_snapshot, get, merge_args, other_cores
-from benchmarks.data import text_token_args
+from benchmarks.data import dataset_yaml, text_token_args
 
 RUN_LOCK = "running.lock"  # in a run folder while a runner works there: holds the runner's pid
 RUN_RECORD = "benchmark-run.json"  # the benchmark's record of the run (not a result)
@@ -53,18 +53,22 @@ def runner_command():
 
 
 def run_args(name, dataset, seed, quick=False, extra_args=(), table=None, dataset_cfg=None, checkpoint=None):
-    """The runner's arguments for one (variant, seed), without ``--results_dir``. A variant with
-    ``backbone_from`` gets ``--backbone_checkpoint=<checkpoint>`` (``FROM_ROW`` when unknown)."""
+    """The runner's arguments for one (variant, seed) of the benchmark of ``dataset``, without
+    ``--results_dir``. A variant with ``backbone_from`` gets ``--backbone_checkpoint=<checkpoint>``
+    (``FROM_ROW`` when unknown); one with ``dataset_suffix`` runs on ``<dataset><suffix>``."""
     spec = registry.spec(name, table)
     args = list(spec["args"])
+    run_dataset = registry.dataset_of(name, dataset, table)
+    if run_dataset != dataset:  # another dataset config: its own text fields
+        dataset_cfg = dataset_yaml(run_dataset)
     if spec.get("text_tokens"):
-        args += text_token_args(dataset, dataset_cfg)
+        args += text_token_args(run_dataset, dataset_cfg)
     args = merge_args(args, QUICK_ARGS if quick else [], list(extra_args))
     if spec.get("backbone_from"):
         args = merge_args(args, [f"{CHECKPOINT_KEY}={checkpoint or FROM_ROW}"])
     return [
         f"--model={spec['model']}",
-        f"--dataset={dataset}",
+        f"--dataset={run_dataset}",
         *merge_args(args, [f"--seed={seed}", "--show_progress=False"]),
     ]
 

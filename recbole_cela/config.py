@@ -40,7 +40,7 @@ from recbole_cela.utils import PluginConfigError, dataset_config_file, known_dat
 # recbole_cela.trainer.stage). The data enters the stage keys by its content, not its path.
 NON_SEMANTIC_KEYS = frozenset({
     # paths
-    "data_path", "source_path", "checkpoint_dir", "results_dir", "cela_dir", "flip_dir", "backbone_checkpoint",
+    "data_path", "source_path", "item_text_file", "checkpoint_dir", "results_dir", "cela_dir", "flip_dir", "backbone_checkpoint",
     "dataset_save_path", "dataloaders_save_path", "save_dataset", "save_dataloaders",
     # logging and progress bars
     "state", "show_progress", "verbose", "log_wandb", "wandb_project", "unknown_keys",

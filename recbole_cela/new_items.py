@@ -3,16 +3,21 @@
 A trained CELA run is its RecBole checkpoint (``saved/CELA-<time>.pth``, which holds the fused
 model and its item text table) plus the aligned encoder folder of its stage cache (recorded in
 the checkpoint's ``plugin`` record as ``encoder``, beside the data's fingerprint). New items are
-encoded once by that encoder, with the run's text settings and pooling, and appended to the
-model's text table in memory; their ID features (item id, and item features such as year or
-genre) are unknown and take RecBole's default for an unknown token, the padding id 0 (see
-``docs/new_items.md``). Nothing is written: ``saved/`` is only read.
+encoded once by that encoder, with the run's text settings and pooling, and appended to the model's text table in memory. Their item
+id is unknown and takes RecBole's default for an unknown token, the padding id 0; the item
+features they come with (e.g. amazon's ``attributes``: brand and category tokens) are their own,
+a token the run never saw becoming padding, counted (see ``docs/new_items.md``). Nothing is
+written: ``saved/`` is only read.
+
+An ID model without text (e.g. a DIN run the caller loaded) scores new items the same way from
+their features alone: ``NewItemScorer(model, config, dataset)`` with no encoder.
 
 Python::
 
     from recbole_cela.new_items import NewItemScorer
     scorer = NewItemScorer.load("saved/CELA-Nov-25-2026_21-50-17.pth")
-    scorer.add_items({"m-2001": "movie title: Some New Film; class: Drama; release year: 2001"})
+    scorer.add_items({"m-2001": "movie title: Some New Film; class: Drama; release year: 2001"},
+                     features={"m-2001": {"class": "Drama", "release_year": "2001"}})
     scorer.score(["50", "172"], ["m-2001", "181"])           # click probabilities
     scorer.rank(["50", "172"], ["m-2001", "181", "1"], k=2)  # [(item, probability), ...]
 
@@ -23,9 +28,11 @@ Command line::
     python -m recbole_cela.new_items --checkpoint=... --items=new.tsv --history="50 172" \\
         [--candidates="m-2001 181"] [--k=10] [--user=1]
 
-``--items``: ``item_id<TAB>text`` lines (an optional ``item_id<TAB>text`` header), or a file in
-the dataset's ``.item`` atomic format (header ``item_id:token<TAB>movie_title:token_seq...``),
-whose text is assembled like the dataset's (``text_fields``/``text_template``).
+``--items``: ``item_id<TAB>text`` lines (an optional ``item_id<TAB>text`` header, which may name
+item feature columns after the text: ``item_id<TAB>text<TAB>attributes``), or a file in the
+dataset's ``.item`` atomic format (header ``item_id:token<TAB>movie_title:token_seq...``), whose
+text is assembled like the dataset's (``text_fields``/``text_template``). Columns that are item
+features of the run give the new items those features; other columns are not read as features.
 ``--pairs``: ``user_id<TAB>history<TAB>item_id`` lines, the history as space-separated item ids
 (oldest first, empty allowed); the output repeats each line with its probability appended.
 Both are UTF-8 text: a line that is not stops the command, naming the file and line, as does an
@@ -35,12 +42,15 @@ name one are counted and warned about.
 """
 
 import argparse
+import copy
+import logging
 import os
 import sys
 
 import numpy as np
 import torch
 from recbole.data.interaction import Interaction
+from recbole.utils import FeatureType
 
 from recbole_cela.fileio import read_atomic_file, undecodable
 from recbole_cela.loading import load_data_and_model, read_run
@@ -81,11 +91,23 @@ def _encoder_folder(checkpoint_path, recorded, dataset):
 
 
 class NewItemScorer:
-    """A trained CELA run, ready to take new items and score (history, item) pairs."""
+    """A trained CELA run, ready to take new items and score (history, item) pairs; or, without
+    ``encoder``, a trained ID model (DIN, DeepFM, ...) that knows new items by their features only."""
 
-    def __init__(self, model, config, dataset, encoder, tokenizer):
-        self.model, self.config, self.dataset = model, config, dataset
+    def __init__(self, model, config, dataset, encoder=None, tokenizer=None):
+        from recbole_cela.model.fusion import item_table_layer
+
+        # A shallow copy: the new items' rows are appended to this scorer's item table only.
+        self.model, self.config, self.dataset = model, config, copy.copy(dataset)
         self.encoder, self.tokenizer = encoder, tokenizer
+        # The model that looks items up: CELA's fused backbone, or the ID model itself.
+        self.id_model = getattr(model, "backbone", model)
+        # DIN-family models (CELA's included) look added items up by their own ids; a plain
+        # context-aware model reads their features from the interaction, with the padding id.
+        self.keeps_ids = encoder is not None or item_table_layer(self.id_model) is not None
+        self.n_known = dataset.item_num
+        self.feature_fields = [f for f in dataset.item_feat.interaction if f != config["ITEM_ID_FIELD"]]
+        self.unknown_tokens = {}  # {field: feature tokens of added items the run does not know}
         self.item_field = config["ITEM_ID_FIELD"]
         self.user_field = config["USER_ID_FIELD"]
         self.history_field = self.item_field + config["LIST_SUFFIX"]
@@ -122,13 +144,16 @@ class NewItemScorer:
         return cls(model, config, data, encoder, load_tokenizer(encoder_path, config["text_pad_token"]))
 
     # --------------------------------------------------------------------------- new items
-    def add_items(self, items):
-        """Add ``{item_id: text}``; every text is encoded once. Returns the new internal ids."""
-        from recbole_cela.text.encoder import text_precision
-        from recbole_cela.text.items import TokenizedItems, encode_items
+    def add_items(self, items, features=None):
+        """Add ``{item_id: text}`` (text None for an ID model), with their item features
+        ``{item_id: {field: tokens}}`` (a space-separated string or a list; fields the run loads as
+        item features, e.g. ``attributes``; a field or item left out is padding). Every text is
+        encoded once. Returns the new internal ids."""
+        from recbole_cela.model.fusion import add_item_rows, cat_item_rows
 
         if not items:
             raise NewItemError("No new items given.")
+        features = features or {}
         tokens, texts = [], []
         for token, text in items.items():
             token = str(token).strip()
@@ -139,20 +164,82 @@ class NewItemScorer:
                 raise NewItemError(f"Item id '{token}' already exists ({where}): new items need new ids.")
             if token in tokens:
                 raise NewItemError(f"Item id '{token}' is given twice.")
-            if text is None or not str(text).strip():
+            if self.encoder is not None and (text is None or not str(text).strip()):
                 raise NewItemError(f"New item '{token}' has an empty text: its text is all CELA knows of it.")
             tokens.append(token)
-            texts.append(str(text).strip())
-        tokenized = TokenizedItems(self.tokenizer, texts, self.config["max_text_length"])
-        # The precision the run's table was encoded in, so old and new rows are alike.
-        vectors = encode_items(self.encoder, tokenized, self.config["text_pooling"],
-                               self.config["eval_text_batch_size"], "cpu",
-                               precision=text_precision(self.config["text_amp"], "cpu"))
-        ids = self.model.add_text_items(vectors).tolist()
+            texts.append(None if text is None else str(text).strip())
+        stray = sorted(set(map(str, features)) - set(tokens))
+        if stray:
+            raise NewItemError(f"Features given for {stray}, which are not among the new items.")
+        rows = self._feature_rows(tokens, {str(k): v for k, v in features.items()})
+        start = len(self.dataset.item_feat)
+        if self.encoder is not None:
+            ids = self.model.add_text_items(self._encode(texts), rows).tolist()
+        else:
+            add_item_rows(self.id_model, rows)
+            ids = list(range(start, start + len(tokens)))
+        if ids != list(range(start, start + len(tokens))):  # the text table and the item table move together
+            raise RuntimeError(f"new item ids {ids[:3]}... do not follow the item table ({start} rows)")
+        self.dataset.item_feat = cat_item_rows(self.dataset.item_feat, rows)  # what join() reads
         for token, internal in zip(tokens, ids):
             self.item_ids[token] = internal
             self.added[token] = internal
         return ids
+
+    def _encode(self, texts):
+        from recbole_cela.text.encoder import text_precision
+        from recbole_cela.text.items import TokenizedItems, encode_items
+
+        tokenized = TokenizedItems(self.tokenizer, texts, self.config["max_text_length"])
+        if tokenized.n_cut:
+            logging.getLogger(__name__).warning(
+                f"{tokenized.n_cut} of {len(texts)} new item texts cut at max_text_length={tokenized.max_length}")
+        # The precision the run's table was encoded in, so old and new rows are alike.
+        return encode_items(self.encoder, tokenized, self.config["text_pooling"], self.config["eval_text_batch_size"],
+                            "cpu", precision=text_precision(self.config["text_amp"], "cpu"))
+
+    def _feature_rows(self, tokens, features):
+        """The new items' rows of the item table: the padding item id, and each item feature
+        given (its tokens in the run's vocabulary; unknown ones are padding, counted)."""
+        rows = self.dataset.item_feat[torch.zeros(len(tokens), dtype=torch.long)]  # the padding item's row
+        given = sorted({str(f) for item in features.values() for f in (item or {})})
+        unknown_fields = [f for f in given if f not in self.feature_fields]
+        if unknown_fields:
+            raise NewItemError(f"{unknown_fields} are not item features of this run: its item features are "
+                               f"{self.feature_fields or 'none'} (the dataset config's load_col).")
+        separator = self.config["seq_separator"] or " "
+        for field in given:
+            kind = self.dataset.field2type[field]
+            if kind not in (FeatureType.TOKEN, FeatureType.TOKEN_SEQ):
+                raise NewItemError(f"Item feature '{field}' is numeric ({kind.value}): new items take only "
+                                   "token features; leave it out (it is then the padding value).")
+            vocabulary = self.dataset.field2token_id[field]
+            ids = []
+            for token in tokens:
+                value = (features.get(token) or {}).get(field)
+                if value is None:
+                    value = []
+                elif isinstance(value, str):
+                    value = [value.strip()] if kind == FeatureType.TOKEN else value.split(separator)
+                values = [str(v).strip() for v in value if str(v).strip()]
+                if kind == FeatureType.TOKEN and len(values) > 1:
+                    raise NewItemError(f"New item '{token}': '{field}' is a single-token feature, got {values}.")
+                known = [vocabulary[v] for v in values if v in vocabulary]
+                if len(known) < len(values):
+                    self.unknown_tokens[field] = self.unknown_tokens.get(field, 0) + len(values) - len(known)
+                ids.append(known)
+            if kind == FeatureType.TOKEN:
+                rows.interaction[field] = torch.tensor([i[0] if i else 0 for i in ids], dtype=torch.long)
+            else:
+                width = max([rows[field].shape[1]] + [len(i) for i in ids])
+                column = torch.zeros(len(tokens), width, dtype=torch.long)
+                for row, i in enumerate(ids):
+                    column[row, : len(i)] = torch.tensor(i, dtype=torch.long)
+                rows.interaction[field] = column
+        if self.unknown_tokens:
+            logging.getLogger(__name__).warning(
+                f"feature tokens of new items this run does not know, taken as padding: {self.unknown_tokens}")
+        return rows
 
     # --------------------------------------------------------------------------- scoring
     def unknown_users(self, users):
@@ -168,8 +255,9 @@ class NewItemScorer:
 
     def interaction(self, users, histories, items):
         """The RecBole ``Interaction`` the model scores for these (user or None, history item ids,
-        item id) triples, with the user's and the items' features joined. Added items keep their
-        own ids (the model maps them itself)."""
+        item id) triples, with the user's and the items' features joined (an added item's own
+        row). Added items keep their own ids where the model looks them up itself (CELA, DIN);
+        for a plain context-aware model they are the padding id."""
         n = len(items)
         length = self.max_history
         history = torch.zeros(n, length, dtype=torch.long)
@@ -180,16 +268,16 @@ class NewItemScorer:
             lengths[row] = len(seq)
         user = torch.tensor([self.user_ids.get(str(u), 0) if u is not None else 0 for u in users])
         item = torch.tensor([self._item(t) for t in items], dtype=torch.long)
-        text_ids = self.model.backbone.item_text
-        fields = {self.user_field: user, self.item_field: text_ids.id_items(item)}
+        fields = {self.user_field: user, self.item_field: item}
         if self.history_field in self.dataset.field2type:
-            fields[self.history_field] = text_ids.id_items(history)
+            fields[self.history_field] = history if self.keeps_ids else history.masked_fill(history >= self.n_known, 0)
         if self.length_field in self.dataset.field2type:
             fields[self.length_field] = lengths
-        interaction = self.dataset.join(Interaction(fields))  # user and item features
-        interaction.interaction[self.item_field] = item  # the model maps added items itself
-        if self.history_field in fields:
-            interaction.interaction[self.history_field] = history
+        # User and item features; an added item's row has the padding item id, which a plain
+        # context-aware model reads as it is.
+        interaction = self.dataset.join(Interaction(fields))
+        if self.keeps_ids:
+            interaction.interaction[self.item_field] = item
         return interaction
 
     @torch.no_grad()
@@ -237,6 +325,13 @@ def _text_lines(path, what):
 
 def read_items_file(path, config=None):
     """``{item_id: text}`` from ``item_id<TAB>text`` lines or a dataset-format ``.item`` file."""
+    return read_items(path, config)[0]
+
+
+def read_items(path, config=None):
+    """(``{item_id: text}``, ``{item_id: {column: value}}``) of an items file: the text, and the
+    other columns (a dataset-format ``.item`` file's, or those an ``item_id<TAB>text<TAB>...``
+    header names after the text), which may be item features of the run."""
     lines = _text_lines(path, "items")
     first = (lines[0] if lines else "").split("\t")
     if all(":" in column for column in first):  # an atomic .item file
@@ -249,16 +344,31 @@ def read_items_file(path, config=None):
         if missing:
             raise NewItemError(f"'{path}' lacks the columns {missing} (the run reads text from {fields}).")
         texts = assemble(frame, fields, config["text_template"], "")
-        for row, (token, text) in enumerate(zip(frame[item_field].str.strip(), texts)):
+        ids = frame[item_field].str.strip()
+        for row, (token, text) in enumerate(zip(ids, texts)):
             if not str(text).strip():
                 raise NewItemError(f"{path}:{row + 2}: new item '{token}' has an empty text (fields {fields}): "
                                    "its text is all CELA knows of it.")
-        return dict(zip(frame[item_field].str.strip(), texts))
-    items = {}
+        others = [c for c in frame.columns if c != item_field]
+        features = {i: {c: v for c, v in zip(others, row) if isinstance(v, str) and v.strip()}
+                    for i, row in zip(ids, frame[others].itertuples(index=False))}
+        return dict(zip(ids, texts)), features
+    items, features, columns = {}, {}, []
     for number, line in enumerate(lines, 1):
-        if not line.strip() or (number == 1 and line.lower().startswith("item_id\t")):
+        if not line.strip():
             continue
-        token, sep, text = line.partition("\t")
+        if number == 1 and line.lower().startswith("item_id\t"):
+            columns = [c.strip() for c in line.split("\t")[2:]]
+            continue
+        if columns:
+            parts = line.split("\t")
+            if len(parts) > 2 + len(columns):
+                raise NewItemError(f"{path}:{number}: {len(parts)} columns, the header names {2 + len(columns)}.")
+            token, text, sep = parts[0], parts[1] if len(parts) > 1 else "", len(parts) > 1
+            values = dict(zip(columns, parts[2:]))
+        else:
+            token, sep, text = line.partition("\t")
+            values = {}
         if not sep:
             raise NewItemError(f"{path}:{number}: expected 'item_id<TAB>text', got {line[:80]!r}.")
         if token.strip() in items:
@@ -267,7 +377,8 @@ def read_items_file(path, config=None):
             raise NewItemError(f"{path}:{number}: new item '{token.strip()}' has an empty text: its text is all "
                                "CELA knows of it.")
         items[token.strip()] = text
-    return items
+        features[token.strip()] = {c: v for c, v in values.items() if v.strip()}
+    return items, features
 
 
 def read_pairs_file(path, numbered=False):
@@ -339,7 +450,12 @@ def main(argv=None):
         _text_lines(args.items, "items")
         overrides = {"data_path": args.data_path} if args.data_path else None
         scorer = NewItemScorer.load(args.checkpoint, dataset=args.dataset, config_dict=overrides)
-        scorer.add_items(read_items_file(args.items, scorer.config))
+        texts, columns = read_items(args.items, scorer.config)
+        features = {i: {c: v for c, v in row.items() if c in scorer.feature_fields} for i, row in columns.items()}
+        scorer.add_items(texts, features)
+        if scorer.unknown_tokens:
+            print(f"new items: feature tokens the run does not know, taken as padding: {scorer.unknown_tokens}",
+                  file=sys.stderr)
         if pairs is not None:
             check_pairs(scorer, numbered, args.pairs, args.unknown_users)
         if args.history is not None and scorer.unknown_users([args.user]):

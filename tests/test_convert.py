@@ -16,6 +16,7 @@ from recbole_cela.data.convert import DataPreparationError, prepare_dataset
 
 REPO = Path(__file__).parents[1]
 AMAZON_SPORTS = REPO.parent / "shared/data/amazon-sports"  # real data, read in place
+AMAZON_BEAUTY = REPO.parent / "shared/data/amazon-beauty"
 INTER_HEADER = "user_id:token\titem_id:token\tlabel:float\titem_id_list:token_seq"
 SPLITS = ("train", "valid", "test")
 
@@ -468,6 +469,79 @@ def test_item_feature_files(sequence_source, tmp_path, caplog):
     again = snapshot(folder)
     prepare_dataset("tiny", "sequence", str(sequence_source), str(tmp_path), item_feature_files=FEATURES)
     assert snapshot(folder) == again
+
+
+def test_item_text_file_chooses_the_text(sequence_source, tmp_path, caplog):
+    """item_text_file: another ITEM<TAB>TEXT file of the folder is the items' title; an item whose
+    text is empty there keeps its interactions, counted; choosing another file converts again."""
+    (sequence_source / "keywords.tsv").write_text("i1\tred ball\ni2\t\ni3\ttent\ni4\tshoe\ni5\tglove\n")
+    out = str(tmp_path / "out")
+    folder = Path(prepare_dataset("tiny", "sequence", str(sequence_source), out))
+    titles = snapshot(folder)
+    caplog.set_level(logging.WARNING)
+    prepare_dataset("tiny", "sequence", str(sequence_source), out, item_text_file="keywords.tsv")
+    rows = {line.split("\t")[0]: line.split("\t")[1] for line in (folder / "tiny.item").read_text().splitlines()[1:]}
+    assert rows == {"i1": "red ball", "i2": "", "i3": "tent", "i4": "shoe", "i5": "glove"}
+    assert "item with an empty text: 1 (first: i2)" in caplog.text
+    stamp = json.loads((folder / "tiny.prep.json").read_text())
+    assert stamp["counts"]["repaired_input_entries"] == {"item with an empty text": 1}
+    assert str(sequence_source / "keywords.tsv") in stamp["inputs"]
+    assert str(sequence_source / "item_text.tsv") not in stamp["inputs"]
+    keywords = snapshot(folder)
+    for split in SPLITS:  # the same samples: only the text differs
+        assert keywords[f"tiny.{split}.inter"] == titles[f"tiny.{split}.inter"]
+    prepare_dataset("tiny", "sequence", str(sequence_source), out)  # back to item_text.tsv
+    assert snapshot(folder)["tiny.item"] == titles["tiny.item"]
+    with pytest.raises(DataPreparationError, match="'nope.tsv'.*item_text_file"):
+        prepare_dataset("tiny", "sequence", str(sequence_source), out, item_text_file="nope.tsv")
+
+
+def test_item_text_file_setting_and_folders(sequence_source, tmp_path):
+    """amazon-beauty and amazon-beauty-keywords differ by item_text_file only and convert into
+    their own folders; the setting is declared and checked like any other."""
+    from recbole_cela.config import build_config
+    from recbole_cela.data import prepare_from_config
+    from recbole_cela.utils import PluginConfigError, read_yaml
+
+    configs = {d: read_yaml(str(REPO / "dataset_configs" / f"{d}.yaml"))
+               for d in ("amazon-sports", "amazon-beauty", "amazon-beauty-keywords")}
+    differ = {k for k in configs["amazon-sports"] if configs["amazon-sports"][k] != configs["amazon-beauty"][k]}
+    assert differ == {"source_path"} and set(configs["amazon-sports"]) == set(configs["amazon-beauty"])
+    differ = {k for k in configs["amazon-beauty"] if configs["amazon-beauty"][k] != configs["amazon-beauty-keywords"][k]}
+    assert differ == {"item_text_file"} and configs["amazon-beauty-keywords"]["item_text_file"] == "item_keywords.tsv"
+
+    (sequence_source / "item_keywords.tsv").write_text("i1\tball\ni2\tbat\ni3\ttent\ni4\tshoe\ni5\t\n")
+    (sequence_source / "item_attributes.tsv").write_text("".join(f"i{n}\ta{n}\n" for n in range(1, 6)))
+    folders = {}
+    for dataset in ("amazon-beauty", "amazon-beauty-keywords"):
+        _, config = build_config("DIN", dataset, None, {"data_path": str(tmp_path), "source_path": str(sequence_source),
+                                                        "state": "ERROR"})
+        folders[dataset] = Path(prepare_from_config(config))
+        assert folders[dataset] == tmp_path / dataset
+    assert (folders["amazon-beauty"] / "amazon-beauty.item").read_text().splitlines()[1] == "i1\tRed ball\ta1"
+    assert (folders["amazon-beauty-keywords"] / "amazon-beauty-keywords.item").read_text().splitlines()[1] == "i1\tball\ta1"
+    with pytest.raises(PluginConfigError, match="item_text_file = 3"):
+        build_config("DIN", "amazon-beauty", None, {"item_text_file": 3})
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not AMAZON_BEAUTY.is_dir(), reason=f"real data not found at {AMAZON_BEAUTY}")
+def test_real_amazon_beauty_titles_and_keywords(tmp_path):
+    """Real titles keep their case and punctuation; the keywords file's one empty text is kept, counted."""
+    titles = Path(prepare_dataset("amazon-beauty", "sequence", str(AMAZON_BEAUTY), str(tmp_path)))
+    keywords = Path(prepare_dataset("amazon-beauty-keywords", "sequence", str(AMAZON_BEAUTY), str(tmp_path),
+                                    item_text_file="item_keywords.tsv"))
+    counts = json.loads((titles / "amazon-beauty.prep.json").read_text())["counts"]
+    assert (counts["users"], counts["items"], counts["interactions"]) == (22363, 12101, 198502)
+    assert counts["repaired_input_entries"] == {}
+    counts = json.loads((keywords / "amazon-beauty-keywords.prep.json").read_text())["counts"]
+    assert (counts["items"], counts["interactions"]) == (12101, 198502)
+    assert counts["repaired_input_entries"] == {"item with an empty text": 1}
+    item = {line.split("\t")[0]: line.split("\t")[1] for line in (titles / "amazon-beauty.item").read_text().splitlines()[1:]}
+    assert item["B004756YJA"] == "OPI Nail Lacquer, Simmer and Shimmer, 0.5-Fluid Ounce"
+    item = {line.split("\t")[0]: line.split("\t")[1]
+            for line in (keywords / "amazon-beauty-keywords.item").read_text().splitlines()[1:]}
+    assert item["B004756YJA"] == "nail lacquer simmer and shimmer" and item["B001LTVF7G"] == ""
 
 
 def test_malformed_item_feature_files(sequence_source, tmp_path):

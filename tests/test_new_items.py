@@ -204,3 +204,100 @@ def test_unknown_users_are_counted_and_warned_about_or_refused(trained, tmp_path
     items.write_text("item_id\ttext\nn1\tA film\nn2\t  \n")
     with pytest.raises(SystemExit, match=r"new\.tsv:3: new item 'n2' has an empty text"):
         main([f"--checkpoint={checkpoint}", f"--items={items}", "--history=50"])
+
+
+def _known_item(scorer):
+    """A known item with features in every item field, its text as the run assembles it, and its features."""
+    from recbole_cela.text.items import item_texts
+
+    texts = item_texts(scorer.config, scorer.dataset)
+    feat = scorer.dataset.item_feat
+    for internal in range(1, scorer.dataset.item_num):
+        values = {}
+        for field in scorer.feature_fields:
+            ids = feat[field][internal]
+            ids = [int(i) for i in (ids if ids.dim() else ids.unsqueeze(0)) if int(i) != 0]
+            values[field] = " ".join(scorer.dataset.field2id_token[field][i] for i in ids)
+        if all(values.values()):
+            return scorer.dataset.field2id_token[scorer.item_field][internal], texts[internal], values
+
+
+def test_new_items_keep_their_item_features(trained):
+    """A new item keeps the item features it comes with (only its item id is the padding id): a
+    copy of a known item (same text, same features) has that item's feature rows, and its score
+    is the known item's once the known item's id is the padding id too (DIN). Unknown tokens are
+    padding, counted."""
+    checkpoint, _, _ = trained
+    scorer = NewItemScorer.load(checkpoint)
+    token, text, features = _known_item(scorer)
+    assert set(features) == {"release_year", "class"}
+    ids = scorer.add_items({"copy": text, "bare": text, "odd": text},
+                           {"copy": features, "odd": {"class": features["class"] + " NoSuchGenre", "release_year": "3000"}})
+    assert scorer.unknown_tokens == {"class": 1, "release_year": 1}
+    history = ["50", "181", "172"]
+    inter = scorer.interaction([None] * 4, [history] * 4, [token, "copy", "bare", "odd"])
+    for field in scorer.feature_fields:
+        assert torch.equal(inter[field][1], inter[field][0]), field  # the copy: the known item's features
+        assert not inter[field][2].any(), field  # no features given: padding
+    assert torch.equal(inter["class"][3], inter["class"][0]) and int(inter["release_year"][3]) == 0
+    assert int(scorer.dataset.item_feat[scorer.item_field][ids[0]]) == 0  # the item id is the padding id
+    scores = scorer.score(history, [token, "copy", "bare"])
+    assert scores[1] != scores[2]  # the features count
+    layer = getattr(scorer.model.backbone, "embedding_layer", None)
+    if layer is not None:  # DIN: the known item scored with the padding id gives the copy's score
+        layer.layer.item_feat[scorer.item_field][scorer.item_ids[token]] = 0
+        again = scorer.score(history, [token, "copy"])
+        torch.testing.assert_close(torch.as_tensor(again[0]), torch.as_tensor(scores[1]), rtol=0, atol=1e-5)
+        assert again[1] == scores[1]
+    with pytest.raises(NewItemError, match=r"\['genre'\] are not item features of this run"):
+        scorer.add_items({"n7": "x"}, {"n7": {"genre": "Drama"}})
+    with pytest.raises(NewItemError, match="not among the new items"):
+        scorer.add_items({"n8": "x"}, {"n9": {"class": "Drama"}})
+
+
+def test_an_id_model_scores_new_items_from_their_features(trained):
+    """Without an encoder the scorer serves an ID model (here the run's own backbone, as DIN or
+    DeepFM would be loaded): new items are their features with the padding id."""
+    checkpoint, _, _ = trained
+    cela = NewItemScorer.load(checkpoint)
+    backbone = cela.model.backbone
+    token, text, features = _known_item(cela)
+    # The fused backbone without its text table is not an ID model: build the plain one.
+    from recbole_cela.model.backbones import get_backbone
+
+    plain = get_backbone(cela.config["backbone"])(cela.config, cela.dataset)
+    state = {k: v for k, v in backbone.state_dict().items() if k in plain.state_dict()
+             and v.shape == plain.state_dict()[k].shape}
+    plain.load_state_dict(state, strict=False)
+    plain.eval()
+    scorer = NewItemScorer(plain, cela.config, cela.dataset)
+    ids = scorer.add_items({"copy": None, "bare": None}, {"copy": features})
+    assert ids == [cela.dataset.item_num, cela.dataset.item_num + 1]
+    scores = scorer.score(["50", "copy"], [token, "copy", "bare"])
+    assert ((scores > 0) & (scores < 1)).all() and scores[1] != scores[2]
+
+
+def test_cli_reads_item_features(trained, tmp_path, capsys):
+    checkpoint, _, config = trained
+    scorer = NewItemScorer.load(checkpoint)
+    token, text, features = _known_item(scorer)
+    items = tmp_path / "new.tsv"
+    items.write_text(f"item_id\ttext\tclass\trelease_year\tnote\ncopy\t{text}\t{features['class']} Nope\t"
+                     f"{features['release_year']}\tignored\nbare\t{text}\t\t\t\n")
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text(f"\t50 181\t{token}\n\t50 181\tcopy\n\t50 181\tbare\n")
+    main([f"--checkpoint={checkpoint}", f"--items={items}", f"--pairs={pairs}"])
+    out, err = capsys.readouterr()
+    scores = [float(line.split("\t")[3]) for line in out.splitlines()]
+    assert scores[1] != scores[2]
+    assert "{'class': 1}" in err
+    expected = NewItemScorer.load(checkpoint)
+    expected.add_items({"copy": text, "bare": text}, {"copy": features})
+    assert scores == [float(f"{p:.6f}") for p in expected.score(["50", "181"], [token, "copy", "bare"])]
+    atomic = tmp_path / "new.item"
+    atomic.write_text("item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+                      f"copy\tAnother Film\t{features['release_year']}\t{features['class']}\n")
+    from recbole_cela.new_items import read_items
+
+    texts, columns = read_items(str(atomic), scorer.config)
+    assert columns["copy"]["class"] == features["class"] and "Another Film" in texts["copy"]

@@ -94,3 +94,17 @@ def test_cela_stages_with_lora_save_plain_encoders(run_config, tiny_encoder):
     trainer = CELATrainer(config, model)
     trainer.fit(train, valid, saved=False)
     assert stages_run(trainer) == {"dap", "align", "table", "fusion"}
+
+
+def test_texts_cut_at_max_text_length_are_counted(tiny_encoder):
+    """A text longer than max_text_length tokens keeps its first ones and is counted; one that
+    fits exactly is not. Case and punctuation reach the tokenizer as written."""
+    tokenizer = load_tokenizer(tiny_encoder)
+    title = "OPI Nail Lacquer, Simmer and Shimmer, 0.5-Fluid Ounce"
+    n_tokens = len(tokenizer(title)["input_ids"])
+    texts = [title, "red ball", title + " " + title]
+    tokenized = TokenizedItems(tokenizer, texts, n_tokens)
+    assert tokenized.n_cut == 1 and tokenized.max_length == n_tokens
+    assert tokenized.lengths.tolist() == [n_tokens, 4, n_tokens]
+    assert TokenizedItems(tokenizer, texts, 2 * n_tokens).n_cut == 0
+    assert TokenizedItems(tokenizer, texts, 3).n_cut == 3

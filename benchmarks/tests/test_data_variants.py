@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from benchmarks.new_items import hold_out
+from benchmarks.new_items import choose_share, hold_out
 from benchmarks.scaling import replicate
 
 HEAD = ["user_id:token", "item_id:token", "label:float", "item_id_list:token_seq"]
@@ -42,3 +42,17 @@ def test_hold_out_removes_every_trace(tmp_path):
         text = (tmp_path / "d-new" / f"d-new.{split}.inter").read_text()
         assert "b" not in {t for line in text.splitlines()[1:] for t in line.replace("\t", " ").split()}
     assert (tmp_path / "d-new" / "d-new.item").read_text().split() == ["item_id:token", "a", "c"]
+
+
+def test_share_of_items_and_a_dataset_without_users(tmp_path):
+    items = [f"i{n}" for n in range(200)]
+    held = choose_share(items, 0.05, 2020)
+    assert len(held) == 10 and held <= set(items)
+    assert choose_share(items, 0.05, 2020) == held and choose_share(items, 0.05, 2021) != held
+    src = tmp_path / "src"
+    src.mkdir()
+    for split in ("train", "valid", "test"):
+        inter([["u1", "i1", "1", "i2"], ["u1", "i2", "0", "i1"]]).to_csv(src / f"d.{split}.inter", sep="\t", index=False)
+    pd.DataFrame({"item_id:token": ["i1", "i2"]}).to_csv(src / "d.item", sep="\t", index=False)
+    removed = hold_out(str(src), "d", str(tmp_path / "d-new"), "d-new", {"i2"})  # amazon data: no .user file
+    assert removed["item_id:token"].tolist() == ["i2"] and not (tmp_path / "d-new" / "d-new.user").exists()

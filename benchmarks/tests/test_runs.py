@@ -57,7 +57,11 @@ def test_registry_rows_and_their_checks(tmp_path):
                           ({"variants": {"A": {"model": "LR", "colour": "red"}}}, "unknown field"),
                           ({"variants": {"A": {"model": "LR", "args": ["--epochs", "3"]}}}, "--key=value"),
                           ({"variants": {"A": {"model": "LR"}, "B": {"model": "LR", "backbone_from": "A"}}},
-                           "needs model CELA")]:
+                           "needs model CELA"),
+                          ({"variants": {"A": {"model": "LR", "dataset_suffix": "keywords"}}}, "like '-keywords'"),
+                          ({"variants": {"A": {"model": "DIN"},
+                                         "B": {"model": "CELA", "backbone_from": "A", "dataset_suffix": "-k"}}},
+                           "must run on the same dataset")]:
         path.write_text(json.dumps(data))  # JSON is YAML
         with pytest.raises(registry.RegistryError, match=message):
             registry.load(str(path))
@@ -243,6 +247,21 @@ def test_failed_run_is_recorded(tmp_path):
     assert "FAILED" in runs.progress_line(1, 1, record)
     meta = runs.read_run_record(record["folder"])
     assert meta["status"] == "failed" and meta["backbone_from"] is None
+
+
+def test_keyword_rows_run_on_the_keywords_dataset():
+    """A dataset_suffix row runs on <dataset><suffix>, with that dataset config's text fields."""
+    args = runs.run_args("DIN-textTokens-keywords", "amazon-beauty", 2020)
+    assert "--dataset=amazon-beauty-keywords" in args and "--model=DIN" in args
+    assert ast.literal_eval(next(a for a in args if a.startswith("--load_col=")).split("=", 1)[1])["item"] == \
+        ["item_id", "attributes", "title"]
+    args = runs.run_args("CELA-onDIN-keywords", "amazon-beauty", 2020, checkpoint="din.pth")
+    assert "--dataset=amazon-beauty-keywords" in args and "--backbone_checkpoint=din.pth" in args
+    assert registry.backbone_source("CELA-onDIN-keywords") == "DIN-keywords"
+    assert "--dataset=amazon-beauty" in runs.run_args("CELA-frozenText", "amazon-beauty", 2020)
+    assert registry.as_recorded("CELA-frozenText-keywords")["dataset_suffix"] == "-keywords"
+    with pytest.raises(SystemExit, match="DIN-keywords run on ml-100k-keywords: no dataset_configs/ml-100k-keywords.yaml"):
+        cli.main(["--dataset=ml-100k", "--models=DIN,DIN-keywords", "--report_only"])
 
 
 def test_command_line_checks():

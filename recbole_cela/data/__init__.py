@@ -38,4 +38,6 @@ def prepare_from_config(config, logger=None):
         max_bad_ratio=config["max_bad_ratio"],
         item_feature_files=config["item_feature_files"],
         logger=logger,
+        # Only the sequence form's dataset configs declare it; the others keep the default.
+        **({"item_text_file": config["item_text_file"]} if config["item_text_file"] else {}),
     )

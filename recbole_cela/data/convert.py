@@ -11,7 +11,8 @@ Source formats
   ``user_id``, ``item_id``, ``rating``, ``timestamp``, plus optional ``<dataset>.item`` and
   ``<dataset>.user`` (ml-100k; its copy in the installed recbole package is the default source).
 * ``sequence``: ``user_sequence.txt`` (``USER ITEM ITEM ...``, oldest first) and
-  ``item_text.tsv`` (``ITEM<TAB>TEXT``, no header).
+  ``item_text.tsv`` (``ITEM<TAB>TEXT``, no header), or the text file ``item_text_file`` names
+  (e.g. amazon-beauty's ``item_keywords.tsv``: the same items described otherwise).
 * ``amazon2014``: ``reviews_<Category>_5.json.gz`` (JSON lines) and ``meta_<Category>.json.gz``
   (Python-literal lines) of Julian McAuley's 2014 Amazon product data.
 * ``amazon2018``: ``<Category>_5.json.gz`` and ``meta_<Category>.json.gz`` (both JSON lines) of
@@ -110,7 +111,7 @@ from recbole_cela.data.output import (
 from recbole_cela.data.problems import DataPreparationError, Problems
 from recbole_cela.data.protocol import SPLITS, build_samples
 from recbole_cela.data.recbole_source import read_recbole, recbole_inputs
-from recbole_cela.data.sequence_source import read_sequence, sequence_inputs
+from recbole_cela.data.sequence_source import DEFAULT_TEXT_FILE, read_sequence, sequence_inputs
 from recbole_cela.fileio import try_lock, unlock
 
 __all__ = [
@@ -142,19 +143,19 @@ def _resolve_source_path(dataset, source_path):
     )
 
 
-def _inputs(dataset, source_format, folder):
+def _inputs(dataset, source_format, folder, text_file):
     if source_format == "recbole":
         return recbole_inputs(dataset, folder)
     if source_format == "sequence":
-        return sequence_inputs(folder)
+        return sequence_inputs(folder, text_file)
     return amazon_inputs(source_format, folder)
 
 
-def _required_inputs(dataset, source_format, folder, item_feature_files):
+def _required_inputs(dataset, source_format, folder, item_feature_files, text_file):
     """The source form's input files; when missing, the message names the optional feature files
     (``item_feature_files``) after the required ones."""
     try:
-        return _inputs(dataset, source_format, folder)
+        return _inputs(dataset, source_format, folder, text_file)
     except DataPreparationError as error:
         files = [spec.get("file") for spec in (item_feature_files or {}).values() if isinstance(spec, dict)]
         if not files:
@@ -163,11 +164,11 @@ def _required_inputs(dataset, source_format, folder, item_feature_files):
                                    "(item_feature_files: remove an entry to do without it).") from None
 
 
-def _read(dataset, source_format, folder, problems):
+def _read(dataset, source_format, folder, problems, text_file):
     if source_format == "recbole":
         return read_recbole(dataset, folder, problems)
     if source_format == "sequence":
-        return read_sequence(folder, problems)
+        return read_sequence(folder, problems, text_file)
     return read_amazon(source_format, folder, problems)
 
 
@@ -263,6 +264,7 @@ def prepare_dataset(
     seed: int = 2020,
     max_bad_ratio: float = 0.01,
     item_feature_files: Optional[dict] = None,
+    item_text_file: str = DEFAULT_TEXT_FILE,
     force: bool = False,
     logger=None,
 ) -> str:
@@ -286,6 +288,9 @@ def prepare_dataset(
         item_feature_files (dict): Optional item features read from files in ``source_path``,
             ``{field: {"file": name, "type": RecBole type}}`` (``token``, ``token_seq``,
             ``float``, ``float_seq``); each file has ``ITEM<TAB>VALUE`` lines, no header.
+        item_text_file (str): ``sequence`` form: the ``ITEM<TAB>TEXT`` file in ``source_path``
+            whose texts are the items' ``title`` (other forms ignore it). The chosen file is one
+            of the stamp's inputs, so choosing another one converts again.
         force (bool): Convert even when the outputs are up to date.
         logger (logging.Logger): Where to log; ``logging.getLogger(__name__)`` by default.
 
@@ -298,7 +303,7 @@ def prepare_dataset(
     """
     logger = logger or logging.getLogger(__name__)
     source_folder, folder = _folders(dataset, source_format, source_path, data_path, max_history)
-    inputs = _required_inputs(dataset, source_format, source_folder, item_feature_files)
+    inputs = _required_inputs(dataset, source_format, source_folder, item_feature_files, item_text_file)
     features = feature_specs(item_feature_files, source_folder)
     settings = _settings(dataset, source_format, source_folder, data_path, max_history, rating_threshold,
                          seed, max_bad_ratio, features)
@@ -351,7 +356,8 @@ def _convert(dataset, source_format, source_folder, folder, features, settings, 
     start = time.time()
     logger.info(f"Converting '{dataset}' ({source_format}) from '{source_folder}' to '{folder}'.")
     problems = Problems()
-    source = join_item_features(_read(dataset, source_format, source_folder, problems), features, problems)
+    source = _read(dataset, source_format, source_folder, problems, item_text_file)
+    source = join_item_features(source, features, problems)
     problems.check(max_bad_ratio, logger)
     samples = build_samples(source, max_history, rating_threshold, seed)
     files, stamp = _outputs(dataset, source_folder, source, samples, problems, settings, inputs)

@@ -1,5 +1,6 @@
 """The ``sequence`` source form: ``user_sequence.txt`` (``USER ITEM ITEM ...``, oldest first) and
-``item_text.tsv`` (``ITEM<TAB>TEXT``, no header)."""
+an item text file (``ITEM<TAB>TEXT``, no header; ``item_text.tsv`` unless ``item_text_file`` names
+another file of the same folder), whose texts become the items' ``title`` field."""
 
 import os
 
@@ -9,8 +10,11 @@ import pandas as pd
 from recbole_cela.data.source import Source, clean_text, missing_files_error, read_lines, read_tab_lines
 
 
-def sequence_inputs(folder):
-    expected = ["user_sequence.txt", "item_text.tsv"]
+DEFAULT_TEXT_FILE = "item_text.tsv"
+
+
+def sequence_inputs(folder, text_file=DEFAULT_TEXT_FILE):
+    expected = ["user_sequence.txt", text_file]
     paths = [os.path.join(folder, name) for name in expected]
     if not all(os.path.isfile(path) for path in paths):
         raise missing_files_error(
@@ -18,15 +22,15 @@ def sequence_inputs(folder):
             folder,
             expected,
             "The sequence form needs 'user_sequence.txt' (one line per user: 'USER ITEM ITEM "
-            "...', space separated, oldest first) and 'item_text.tsv' ('ITEM<TAB>TEXT', no "
-            "header). Set source_path to the folder holding both, or convert the raw Amazon "
-            "files instead (source_format amazon2014 or amazon2018).",
+            f"...', space separated, oldest first) and '{text_file}' ('ITEM<TAB>TEXT', no "
+            "header; item_text_file names it). Set source_path to the folder holding both, or "
+            "convert the raw Amazon files instead (source_format amazon2014 or amazon2018).",
         )
     return paths
 
 
 def _read_titles(text_path, problems):
-    """item_text.tsv (``ITEM<TAB>TEXT``) as a Series of cleaned texts indexed by item id, in
+    """The item text file (``ITEM<TAB>TEXT``) as a Series of cleaned texts indexed by item id, in
     file order; malformed and duplicate lines are skipped."""
     text_name = os.path.basename(text_path)
     parts = read_tab_lines(text_path, problems)
@@ -63,8 +67,8 @@ def _read_sequences(sequence_path, problems):
     return inter
 
 
-def read_sequence(folder, problems):
-    sequence_path, text_path = sequence_inputs(folder)
+def read_sequence(folder, problems, text_file=DEFAULT_TEXT_FILE):
+    sequence_path, text_path = sequence_inputs(folder, text_file)
     text_name = os.path.basename(text_path)
     titles = _read_titles(text_path, problems)
     inter = _read_sequences(sequence_path, problems)
@@ -72,7 +76,7 @@ def read_sequence(folder, problems):
     # An item without text keeps its interactions: its title is empty, so the text encoders give
     # it text_fallback (recbole_cela/text/items.py); counted, never dropped.
     used = pd.Index(inter["item"].unique())
-    # Rows in item_text.tsv's order (then items without a line), as RecBole remaps ids in file order.
+    # Rows in the text file's order (then items without a line), as RecBole remaps ids in file order.
     title = titles.reindex(titles.index[titles.index.isin(used)].append(used[~used.isin(titles.index)]))
     problems.repair("item without a line in " + text_name, title.index[title.isna()])
     problems.repair("item with an empty text", title.index[title == ""])

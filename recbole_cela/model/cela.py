@@ -14,7 +14,7 @@ import torch
 from recbole.utils import InputType, ModelType
 
 from recbole_cela.model.backbones import backbone_logits, backbone_names, get_backbone
-from recbole_cela.model.fusion import fusable, fused_backbone
+from recbole_cela.model.fusion import add_item_rows, fusable, fused_backbone, item_table_layer
 from recbole_cela.model.protocol import PluginModel
 from recbole_cela.text.encoder import encoder_width, resolve_text_settings
 
@@ -54,9 +54,15 @@ class CELA(PluginModel):
     def set_text_table(self, table):
         self.backbone.item_text.set_table(table.to(self.backbone.item_text.text_table.device))
 
-    def add_text_items(self, vectors):
-        """Items known by their text only (see ``recbole_cela.new_items``): appends their text
-        vectors and returns their internal ids; the ID part sees them as the padding item."""
+    def add_text_items(self, vectors, item_rows=None):
+        """New items (see ``recbole_cela.new_items``): appends their text vectors and their ID
+        feature rows ``item_rows`` (the padding item id and the features they come with; default:
+        the padding item's row, no features) and returns their internal ids."""
+        layer = item_table_layer(self.backbone)
+        if layer is not None:
+            if item_rows is None:
+                item_rows = layer.item_feat[torch.zeros(len(vectors), dtype=torch.long)]
+            add_item_rows(self.backbone, item_rows)
         return self.backbone.item_text.add_rows(vectors)
 
     def attach_encoder(self, encoder, tokenized):

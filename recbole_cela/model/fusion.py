@@ -21,11 +21,11 @@ of a context-aware backbone (TextDeepFM, TextDCNV2, TextAutoInt, TextWideDeep, T
 TextFM, ...) is made once per backbone by :func:`fused_backbone`, as ``_AddedItemView`` +
 the backbone + :class:`ContextTextFusion`, and kept in :data:`FUSED_BACKBONES`.
 
-Items added after training from their text alone (:mod:`recbole_cela.new_items`) get ids from
-``item_num`` on: their text rows are appended to the table, and the ID part of the backbone sees
-them as the padding item 0, i.e. with RecBole's default for an unknown token in every item-side
-ID feature (item id, and item features such as year or genre). Without added items nothing of
-this runs.
+Items added after training (:mod:`recbole_cela.new_items`) get ids from ``item_num`` on: their
+text rows are appended to the table, and their ID feature rows (the padding item id 0, and the item
+features they come with, such as brand or genre; padding where unknown) to the item table DIN
+looks items up in (:func:`add_item_rows`); a context-aware backbone reads them from the
+interaction, with the padding item id. Without added items nothing of this runs.
 """
 
 import torch
@@ -181,7 +181,8 @@ class _TextSeqEmbedding(nn.Module):
         self.layer, self.item_text = layer, item_text
 
     def forward(self, user_idx, item_idx):
-        sparse, dense = self.layer(user_idx, self.item_text.id_items(item_idx))
+        # Added items have rows of their own in the layer's item table (add_item_rows).
+        sparse, dense = self.layer(user_idx, item_idx)
         text = self.item_text(item_idx)
         sparse["item"] = text if sparse["item"] is None else torch.cat([sparse["item"], text], dim=-2)
         return sparse, dense
@@ -236,6 +237,40 @@ def fused_backbone(backbone_class):
         )
     FUSED_BACKBONES[backbone_class.__name__] = fused
     return fused
+
+
+def cat_item_rows(table, rows):
+    """The item table ``table`` (a RecBole ``Interaction``, one row per item) with ``rows`` (the
+    same fields) appended; a sequence field is padded with 0 to the wider of the two."""
+    from recbole.data.interaction import Interaction
+
+    out = {}
+    for field, old in table.interaction.items():
+        new = rows[field].to(old.device, old.dtype)
+        if old.dim() == 2 and old.shape[1] != new.shape[1]:
+            width = max(old.shape[1], new.shape[1])
+            old, new = (F.pad(x, (0, width - x.shape[1])) for x in (old, new))
+        out[field] = torch.cat([old, new])
+    return Interaction(out)
+
+
+def item_table_layer(model):
+    """The embedding layer holding the item table a DIN-family model looks its items up in
+    (``item_feat``: one row per item id), or None for a model that reads item features from the
+    interaction (context-aware)."""
+    if not isinstance(model, DIN):
+        return None
+    layer = model.embedding_layer
+    return layer.layer if isinstance(layer, _TextSeqEmbedding) else layer
+
+
+def add_item_rows(model, rows):
+    """Append the ID feature rows of new items (item id 0, their own item features) to the item
+    table of a DIN-family model, so that ids from its ``item_num`` on look them up; a context-aware
+    model reads them from the interaction instead (nothing to do)."""
+    layer = item_table_layer(model)
+    if layer is not None:
+        layer.item_feat = cat_item_rows(layer.item_feat, rows)
 
 
 @torch.no_grad()

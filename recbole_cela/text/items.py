@@ -87,7 +87,8 @@ def item_texts(config, dataset):
 
 
 class TokenizedItems:
-    """Every item's text tokenised once, kept as a padded id matrix plus lengths.
+    """Every item's text tokenised once, kept as a padded id matrix plus lengths; ``n_cut``
+    counts the texts longer than ``max_length`` tokens, which keep their first ``max_length``.
 
     Texts are padded on the right whatever the tokenizer's ``padding_side``: every model then
     numbers a text's positions from 0 (GPT-2 numbers positions by column, so left padding would
@@ -95,8 +96,16 @@ class TokenizedItems:
     """
 
     def __init__(self, tokenizer, texts, max_length):
-        encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+        texts = list(texts)
+        encoded = tokenizer(texts, truncation=True, max_length=max_length)
         lengths = [len(ids) for ids in encoded["input_ids"]]
+        # Texts cut at max_length lose their end: counted, so a run reports how many (a text at
+        # exactly max_length tokens is whole).
+        cut = [i for i, n in enumerate(lengths) if n == max_length]
+        if cut:
+            whole = tokenizer([texts[i] for i in cut], truncation=False)["input_ids"]
+            cut = [i for i, ids in zip(cut, whole) if len(ids) > max_length]
+        self.max_length, self.n_cut = max_length, len(cut)
         self.lengths = torch.tensor(lengths)
         self.input_ids = torch.full((len(texts), max(lengths)), tokenizer.pad_token_id)
         for row, ids in enumerate(encoded["input_ids"]):

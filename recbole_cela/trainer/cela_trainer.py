@@ -72,7 +72,8 @@ class CELATrainer(StagedTrainer):
         self.tokenized = TokenizedItems(self.tokenizer, texts, text["max_text_length"])
         self.logger.info(
             f"tokenised {len(texts)} item texts once in {time.time() - start:.1f}s "
-            f"(mean length {self.tokenized.lengths.float().mean():.1f} tokens); e.g. {texts[1]!r}"
+            f"(mean length {self.tokenized.lengths.float().mean():.1f} tokens, {self.tokenized.n_cut} cut at "
+            f"max_text_length={self.tokenized.max_length}); e.g. {texts[1]!r}"
         )
         return text
 
@@ -166,7 +167,9 @@ class CELATrainer(StagedTrainer):
             encoder = load_encoder(encoder_path).to(self.device)
             table = encode_items(encoder, self.tokenized, settings["pooling"], settings["batch_size"], self.device,
                                  rank=rank(), world_size=world_size(), precision=settings["precision"])
-            report = {"items": len(table), "items_per_s": len(table) / max(time.time() - start, 1e-9)}
+            report = {"items": len(table), "texts_cut": self.tokenized.n_cut,
+                      "max_text_length": self.tokenized.max_length,
+                      "items_per_s": len(table) / max(time.time() - start, 1e-9)}
             return report, lambda folder: atomic_torch_save(table, os.path.join(folder, "item_text.pt"))
 
         path, _ = self.stage("table", settings, build, upstream)
