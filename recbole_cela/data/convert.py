@@ -319,7 +319,7 @@ def prepare_dataset(
             logger.info(f"Dataset '{dataset}' was converted by another process into '{folder}': reused.")
             return folder
         _convert(dataset, source_format, source_folder, folder, features, settings, inputs, max_history,
-                 rating_threshold, seed, max_bad_ratio, logger)
+                 rating_threshold, seed, max_bad_ratio, item_text_file, logger)
     finally:
         unlock(lock, fd)
     return folder
@@ -352,7 +352,7 @@ def _lock(data_path, dataset, logger):
 
 
 def _convert(dataset, source_format, source_folder, folder, features, settings, inputs, max_history,
-             rating_threshold, seed, max_bad_ratio, logger):
+             rating_threshold, seed, max_bad_ratio, item_text_file, logger):
     start = time.time()
     logger.info(f"Converting '{dataset}' ({source_format}) from '{source_folder}' to '{folder}'.")
     problems = Problems()
