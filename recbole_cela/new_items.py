@@ -52,7 +52,7 @@ import torch
 from recbole.data.interaction import Interaction
 from recbole.utils import FeatureType
 
-from recbole_cela.fileio import read_atomic_file, undecodable
+from recbole_cela.fileio import atomic_write, read_atomic_file, undecodable, unwritable
 from recbole_cela.loading import load_data_and_model, read_run
 from recbole_cela.utils import PluginError
 
@@ -445,6 +445,13 @@ def main(argv=None):
     try:
         # The input files are read before the run is loaded (the items file is checked only as
         # text: its dataset format needs the run's config), so a bad file stops at once.
+        if args.output:  # before any work: a scoring run is not lost to an output it cannot write
+            folder = os.path.dirname(args.output) or "."
+            if os.path.isdir(args.output):
+                raise NewItemError(f"--output '{args.output}' is a folder: name a file.")
+            why = unwritable(folder)
+            if why:
+                raise NewItemError(f"--output '{args.output}' cannot be written: its folder '{folder}': {why}.")
         numbered = read_pairs_file(args.pairs, numbered=True) if args.pairs else None
         pairs = [pair for _, pair in numbered] if numbered is not None else None
         _text_lines(args.items, "items")
@@ -479,8 +486,7 @@ def main(argv=None):
         sys.exit(f"error: {error}")
     text = "\n".join(lines) + "\n"
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text)
+        atomic_write(args.output, text)
     else:
         sys.stdout.write(text)
 

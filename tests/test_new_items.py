@@ -164,6 +164,14 @@ def test_non_utf8_files_are_refused_with_file_and_line_before_loading(tmp_path):
         main([f"--checkpoint={missing}", f"--items={good_items}", f"--pairs={pairs}"])
     with pytest.raises(SystemExit, match=r"No pairs file"):
         main([f"--checkpoint={missing}", f"--items={good_items}", f"--pairs={tmp_path / 'none.tsv'}"])
+    # An output that cannot be written is refused before anything is read or scored.
+    (tmp_path / "taken").write_text("a file\n")
+    with pytest.raises(SystemExit, match=r"--output '.*taken/scores.tsv' cannot be written: its folder '.*taken': "
+                                         r"it exists and is not a folder"):
+        main([f"--checkpoint={missing}", f"--items={items}", "--history=50",
+              f"--output={tmp_path / 'taken' / 'scores.tsv'}"])
+    with pytest.raises(SystemExit, match=r"--output '.*' is a folder: name a file"):
+        main([f"--checkpoint={missing}", f"--items={items}", "--history=50", f"--output={tmp_path}"])
     # Valid files get as far as the checkpoint.
     with pytest.raises(SystemExit, match="no-run.pth"):
         main([f"--checkpoint={missing}", f"--items={good_items}", "--history=50"])

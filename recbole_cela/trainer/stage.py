@@ -194,7 +194,8 @@ class StagedTrainer(Trainer):
     @classmethod
     def cache_root(cls, config):
         """The folder of this trainer's stage artifacts under ``config``."""
-        return config[cls.artifact_dir_key] or os.path.join(config["checkpoint_dir"], cls.artifact_folder, config["dataset"])
+        default = os.path.join(config["checkpoint_dir"], cls.artifact_folder, config["dataset"])
+        return config[cls.artifact_dir_key] or default
 
     def __init__(self, config, model):
         super().__init__(config, model)
