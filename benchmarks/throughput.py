@@ -5,9 +5,10 @@ r"""Training and scoring samples/s of each CTR model, RecBole's layers against t
 
 Every model is built twice from the same weights: with RecBole's own layers (``fast_layers:
 False``, the stock path) and with the plugin's (:mod:`recbole_cela.model.layers`). A round runs, for
-each thread count, each model and each path in turn: ``--batches`` training steps (loss, backward,
-Adam) on RecBole's train batches, then ``predict`` on the same batches in inference mode; a load
-change therefore hits every row alike, and the medians of the rounds are reported.
+each thread count, each model and each path in turn: training steps (loss, backward, Adam) over
+``--batches`` of RecBole's train batches, then ``predict`` on the same batches in inference mode,
+each repeated until a second has passed; a load change therefore hits every row alike, and the
+medians of the rounds are reported.
 
 Each row is also read against a limit, the time its matrix products alone take on this CPU: the
 step's matmul FLOPs (counted by ``torch.utils.flop_counter`` on the plugin's path) over the
@@ -29,25 +30,28 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.common import config_overrides, cost_tool_parser, cpu_snapshot, own_cpu, write_md_json
+from benchmarks.common import cost_tool_parser, cpu_snapshot, own_cpu, write_md_json
 
 DEFAULT_MODELS = ["DIN", "DINUser", "CELA", "LR", "FM", "DeepFM", "WideDeep", "DCNV2", "AutoInt", "xDeepFM"]
 PATHS = ("recbole", "plugin")
 
 
-def _models(dataset, names, overrides, batches):
+def _models(dataset, names, args, batches):
     """name -> {"recbole": model, "plugin": model, "batches": [...]}: both paths share the weights
-    they start from and the batches they read."""
+    they start from and the batches they read. ``args``: ``--key=value`` settings, read as the
+    runner reads its command line."""
     from recbole.data import create_dataset, data_preparation
 
-    from recbole_cela.config import build_config
+    from recbole_cela.config import build_config, command_line
     from recbole_cela.data import prepare_from_config
     from recbole_cela.model import build_model, install_fast_layers
     from recbole_cela.utils import init_seed
 
     splits, out = {}, {}
     for name in names:
-        model_class, config = build_config(name, dataset, None, {**overrides, "fast_layers": False})
+        with command_line(args):
+            model_class, config = build_config(name, dataset, None, {"show_progress": False, "state": "WARNING",
+                                                                     "fast_layers": False})
         kind = config["MODEL_TYPE"]
         if kind not in splits:
             init_seed(config["seed"], config["reproducibility"])
@@ -64,23 +68,29 @@ def _models(dataset, names, overrides, batches):
     return out
 
 
-def _train(model, optimizer, batches):
+def _train(model, optimizer, batches, min_s=0.0):
+    """Samples/s of training steps over ``batches``, repeated until ``min_s`` seconds have passed
+    (a fast model's few batches are over too soon to time on a shared machine)."""
     model.train()
-    start = time.perf_counter()
-    for batch in batches:
-        optimizer.zero_grad()
-        model.calculate_loss(batch).backward()
-        optimizer.step()
-    return sum(len(b) for b in batches) / (time.perf_counter() - start)
+    start, n = time.perf_counter(), 0
+    while n == 0 or time.perf_counter() - start < min_s:
+        for batch in batches:
+            optimizer.zero_grad()
+            model.calculate_loss(batch).backward()
+            optimizer.step()
+            n += len(batch)
+    return n / (time.perf_counter() - start)
 
 
 @torch.inference_mode()
-def _score(model, batches):
+def _score(model, batches, min_s=0.0):
     model.eval()
-    start = time.perf_counter()
-    for batch in batches:
-        model.predict(batch)
-    return sum(len(b) for b in batches) / (time.perf_counter() - start)
+    start, n = time.perf_counter(), 0
+    while n == 0 or time.perf_counter() - start < min_s:
+        for batch in batches:
+            model.predict(batch)
+            n += len(batch)
+    return n / (time.perf_counter() - start)
 
 
 def step_flops(model, batches):
@@ -110,10 +120,9 @@ def matmul_flops_per_s(shape, repeats=20):
     return 2 * m * k * n * repeats / (time.perf_counter() - start)
 
 
-def measure(dataset, names, threads=(1,), rounds=3, batches=4, overrides=None, log=print,
-            limit_shape=(40960, 128, 128)):
-    overrides = {"show_progress": False, "state": "WARNING", **(overrides or {})}
-    models = _models(dataset, names, overrides, batches)
+def measure(dataset, names, threads=(1,), rounds=3, batches=4, args=(), log=print, limit_shape=(40960, 128, 128),
+            min_s=1.0):
+    models = _models(dataset, names, list(args), batches)
     for entry in models.values():
         entry["batches"] = [b.to(entry["device"]) for b in entry["batches"]]
         for path in PATHS:
@@ -137,8 +146,9 @@ def measure(dataset, names, threads=(1,), rounds=3, batches=4, overrides=None, l
             peak[str(t)] = max(peak[str(t)], matmul_flops_per_s(limit_shape))
             for name, entry in models.items():
                 for p in PATHS:
-                    per_s[str(t)]["train"][name][p].append(_train(entry[p], entry["optimizer"][p], entry["batches"]))
-                    per_s[str(t)]["score"][name][p].append(_score(entry[p], entry["batches"]))
+                    per_s[str(t)]["train"][name][p].append(
+                        _train(entry[p], entry["optimizer"][p], entry["batches"], min_s))
+                    per_s[str(t)]["score"][name][p].append(_score(entry[p], entry["batches"], min_s))
             log(f"round {r + 1}/{rounds}, {t} thread(s): " + ", ".join(
                 f"{n} {per_s[str(t)]['train'][n]['plugin'][-1] / per_s[str(t)]['train'][n]['recbole'][-1]:.1f}x"
                 for n in models))
@@ -148,7 +158,7 @@ def measure(dataset, names, threads=(1,), rounds=3, batches=4, overrides=None, l
                   for kind, rows in kinds.items()} for t, kinds in per_s.items()}
     first = next(iter(models.values()))
     return {"dataset": dataset, "models": list(models), "threads": [int(t) for t in threads], "rounds": rounds,
-            "batches": batches, "batch_size": {n: len(e["batches"][0]) for n, e in models.items()},
+            "batches": batches, "min_s": min_s, "batch_size": {n: len(e["batches"][0]) for n, e in models.items()},
             "per_s": per_s, "median_per_s": median, "matmul_flops_per_sample": flops,
             "matmul_flop_per_s": peak, "limit_shape": list(limit_shape), "other_cpu_cores": max(0.0, other),
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "device": str(first["device"])}
@@ -186,8 +196,9 @@ def write_report(result, out, command, date=None):
 - date: {result['date']}
 - machine: {result['cpu_count']} CPU cores, torch {result['torch']}, device {result['device']}
 - CPU used by other processes while it measured: {result['other_cpu_cores']:.2f} cores on average
-- {result['rounds']} interleaved rounds after one warm-up step each; {result['batches']} training batches per
-  round (loss, backward, Adam), then `predict` on the same batches in inference mode; samples/s, medians
+- {result['rounds']} interleaved rounds after one warm-up step each; per round and model, training steps (loss,
+  backward, Adam) over {result['batches']} batches, then `predict` on the same batches in inference mode, each
+  repeated until {result.get('min_s', 0):g} s have passed; samples/s, medians over the rounds
 
 "RecBole" is the model with RecBole's own layers (`--fast_layers=False`), "plugin" the same weights with
 the plugin's (`recbole_cela/model/layers.py`, the default). "of limit": the time the step's matrix
@@ -213,7 +224,7 @@ def main(argv=None):
         print(f"report: {write_report(result, args.out, result['command'], result['date'])}")
         return
     threads = sorted({int(t) for t in args.threads.split(",")})
-    result = measure(args.dataset, args.models.split(","), threads, args.rounds, args.batches, config_overrides(rest))
+    result = measure(args.dataset, args.models.split(","), threads, args.rounds, args.batches, rest)
     path = write_report(result, args.out, "python -m benchmarks.throughput " + shlex.join(argv))
     print(f"report: {path}")
 

@@ -87,9 +87,10 @@ def embed_token_seq_fields_bag(self, token_seq_fields, mode="mean"):
 
 def first_order_token_seq_bag(self, token_seq_fields):
     """``FMFirstOrderLinear.embed_token_seq_fields`` (the sum over each field's tokens, then over
-    the fields) through ``embedding_bag``."""
-    if not token_seq_fields:
-        return None
+    the fields) through ``embedding_bag`` in training, where its backward skips the padding; its
+    one-wide lookups are cheaper as RecBole computes them when no gradient is needed."""
+    if not token_seq_fields or not torch.is_grad_enabled():
+        return FMFirstOrderLinear.embed_token_seq_fields(self, token_seq_fields)
     pooled = [F.embedding_bag(field, table.weight, mode="sum", padding_idx=0).unsqueeze(1)
               for field, table in zip(token_seq_fields, self.token_seq_embedding_table)]
     return torch.sum(torch.cat(pooled, dim=1), dim=1, keepdim=True)
