@@ -9,10 +9,16 @@ import pytest
 import torch
 from helpers import build_run
 
+from recbole.model.abstract_recommender import ContextRecommender
+from recbole.model.layers import FMFirstOrderLinear
+
 from recbole_cela.model.layers import (
     PerItemSeqEmbLayer,
     ValidSlotAttLayer,
+    embed_token_seq_fields_bag,
+    first_order_token_seq_bag,
     install_fast_layers,
+    mostly_padding,
     uses_fast_layers,
 )
 
@@ -67,6 +73,33 @@ def test_fast_layers_match_recbole_on_ml_100k(model_name, run_config, tiny_encod
         assert isinstance(fast.embedding_layer, PerItemSeqEmbLayer)
         assert isinstance(fast.attention, ValidSlotAttLayer)
     assert_same_model(stock, _first_batch(test))
+
+
+@pytest.mark.parametrize("mode", ["mean", "sum"])
+def test_embedding_bag_pooling_matches_recbole_on_a_padded_field(mode, run_config, tiny_encoder):
+    """The embedding_bag pooling itself, on ml-100k's genre lists (mostly padding, some rows empty
+    of the field's tokens after the slice): RecBole's pooled vectors and gradients."""
+    _, model, train, _, _ = build_run("DeepFM", run_config, tiny_encoder, {}, fast_layers=False)
+    batch = _first_batch(train)
+    fields = [batch[name] for name in model.token_seq_field_names]
+    genres = batch["class"]
+    assert mostly_padding([genres]) and (genres != 0).any(dim=1).all()
+    index = model.token_seq_field_names.index("class")
+    for pool, recbole, owner, args in (
+        (embed_token_seq_fields_bag, ContextRecommender.embed_token_seq_fields, model, (mode,)),
+        (first_order_token_seq_bag, FMFirstOrderLinear.embed_token_seq_fields, model.first_order_linear, ()),
+    ):
+        if pool is first_order_token_seq_bag and mode == "mean":
+            continue  # the first-order term always sums
+        outs, grads = [], []
+        for fn in (pool, recbole):
+            owner.zero_grad()
+            out = fn(owner, [f if i == index else torch.zeros_like(f) for i, f in enumerate(fields)], *args)
+            (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+            outs.append(out.detach())
+            grads.append(owner.token_seq_embedding_table[index].weight.grad.clone())
+        torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
 
 
 def test_fast_layers_match_recbole_inside_cela(run_config, tiny_encoder):

@@ -12,8 +12,9 @@ histories are shorter than ``MAX_ITEM_LIST_LENGTH``. The layers here compute:
   layer, over [query, key, query - key, query * key], is split by linearity so that the query's
   part is computed once per row;
 * :func:`embed_token_seq_fields_bag` and :func:`first_order_token_seq_bag`: a context-aware
-  model's ``token_seq`` pooling (mean or sum) and its first-order term's, with ``embedding_bag``,
-  which skips padding instead of multiplying it by a zero mask.
+  model's ``token_seq`` pooling (mean or sum) and its first-order term's, in training batches
+  whose fields are mostly padding, with ``embedding_bag``, which skips padding instead of
+  multiplying it by a zero mask.
 
 Each computes the same outputs and gradients as RecBole's layer up to float summation order
 (``tests/test_layers.py`` compares both on real batches). :func:`install_fast_layers` puts them
@@ -72,11 +73,18 @@ class ValidSlotAttLayer(SequenceAttLayer):
         return torch.matmul((weights / width**0.5).unsqueeze(1), keys)
 
 
+def mostly_padding(token_seq_fields):
+    """Whether every field of a training batch is mostly padding: there ``embedding_bag``, whose
+    backward skips the padding, beats RecBole's masked sum; on full sequences (ml-100k's
+    histories) and at scoring it does not (docs/speed.md)."""
+    return torch.is_grad_enabled() and all((field != 0).float().mean() < 0.5 for field in token_seq_fields)
+
+
 def embed_token_seq_fields_bag(self, token_seq_fields, mode="mean"):
     """``ContextRecommender.embed_token_seq_fields`` for ``mean`` and ``sum`` pooling through
     ``embedding_bag`` (padding id 0 left out of the bag, an empty bag pooling to 0, as RecBole's
-    mask does); any other mode is RecBole's own code."""
-    if mode not in ("mean", "sum") or not token_seq_fields:
+    mask does) when the fields are mostly padding; otherwise RecBole's own code."""
+    if mode not in ("mean", "sum") or not token_seq_fields or not mostly_padding(token_seq_fields):
         return ContextRecommender.embed_token_seq_fields(self, token_seq_fields, mode)
     pooled = [
         F.embedding_bag(field, table.weight, mode=mode, padding_idx=0).unsqueeze(1)
@@ -87,9 +95,8 @@ def embed_token_seq_fields_bag(self, token_seq_fields, mode="mean"):
 
 def first_order_token_seq_bag(self, token_seq_fields):
     """``FMFirstOrderLinear.embed_token_seq_fields`` (the sum over each field's tokens, then over
-    the fields) through ``embedding_bag`` in training, where its backward skips the padding; its
-    one-wide lookups are cheaper as RecBole computes them when no gradient is needed."""
-    if not token_seq_fields or not torch.is_grad_enabled():
+    the fields) through ``embedding_bag`` when the fields are mostly padding, as above."""
+    if not token_seq_fields or not mostly_padding(token_seq_fields):
         return FMFirstOrderLinear.embed_token_seq_fields(self, token_seq_fields)
     pooled = [F.embedding_bag(field, table.weight, mode="sum", padding_idx=0).unsqueeze(1)
               for field, table in zip(token_seq_fields, self.token_seq_embedding_table)]
