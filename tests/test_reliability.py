@@ -176,16 +176,16 @@ def test_unknown_keys_error_refuses_them_before_any_work(run_config, tmp_path):
 
 def test_every_declared_key_is_known(run_config, monkeypatch):
     """The plugin's props and dataset configs, RecBole's defaults of the model and the values a
-    saved run's config passes back (new items) are no unknown keys."""
+    saved run's config passes back (loading a run) are no unknown keys."""
     monkeypatch.setattr(sys, "argv", ["run_recbole_cela.py"])  # RecBole's Config reads the command line
     files, overrides = run_config()
     for model in ("CELA", "FLIP", "DIN", "DeepFM"):
         _, config = build_config(model, "ml-tiny", files, overrides)
         assert config.unknown_keys == {}
         given = {k: v for k, v in config.final_config_dict.items() if v is not None}
-        from recbole_cela.new_items import _COMPUTED
+        from recbole_cela.loading import COMPUTED_KEYS
 
-        _, again = build_config(model, "ml-tiny", files, {k: v for k, v in given.items() if k not in _COMPUTED})
+        _, again = build_config(model, "ml-tiny", files, {k: v for k, v in given.items() if k not in COMPUTED_KEYS})
         assert again.unknown_keys == {}
 
 
