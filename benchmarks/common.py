@@ -114,6 +114,20 @@ def cost_tool_parser(doc, rounds, kind):
     return parser
 
 
+def rewrite_report(args, kind, write_report):
+    """``--report_only``: ``<out>/<dataset>-<kind>.md`` written again from its JSON by
+    ``write_report(result, out, command, date)``; returns whether it was asked for."""
+    if not args.report_only:
+        return False
+    import os
+
+    from recbole_cela.fileio import read_json
+
+    result = read_json(os.path.join(args.out, f"{args.dataset}-{kind}.json"))
+    print(f"report: {write_report(result, args.out, result['command'], result['date'])}")
+    return True
+
+
 def write_md_json(base, text, result):
     """``base``.md and ``base``.json, each written atomically; returns the markdown's path."""
     from recbole_cela.fileio import atomic_write, atomic_write_json

@@ -33,7 +33,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.common import cost_tool_parser, config_overrides, cpu_snapshot, own_cpu, write_md_json
+from benchmarks.common import cost_tool_parser, config_overrides, cpu_snapshot, own_cpu, rewrite_report, write_md_json
 
 
 def _models(dataset, overrides, config_file_list):
@@ -193,11 +193,7 @@ def main(argv=None):
     parser.add_argument("--eval_rows", type=int, default=2048)
     parser.add_argument("--train_batches", type=int, default=8)
     args, rest = parser.parse_known_args(argv)
-    from recbole_cela.fileio import read_json
-
-    if args.report_only:
-        result = read_json(os.path.join(args.out, f"{args.dataset}-flip-cost.json"))
-        print(f"report: {write_report(result, args.out, result['command'], result['date'])}")
+    if rewrite_report(args, "flip-cost", write_report):
         return
     result = measure(args.dataset, args.rounds, args.eval_rows, args.train_batches, config_overrides(rest))
     path = write_report(result, args.out, "python -m benchmarks.flip_cost " + shlex.join(argv))

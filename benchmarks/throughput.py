@@ -30,13 +30,13 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.common import cost_tool_parser, cpu_snapshot, own_cpu, write_md_json
+from benchmarks.common import cost_tool_parser, cpu_snapshot, own_cpu, rewrite_report, write_md_json
 
 DEFAULT_MODELS = ["DIN", "DINUser", "CELA", "LR", "FM", "DeepFM", "WideDeep", "DCNV2", "AutoInt", "xDeepFM"]
 PATHS = ("recbole", "plugin")
 
 
-def _models(dataset, names, args, batches):
+def _models(dataset, names, args, batches, config_file_list=None):
     """name -> {"recbole": model, "plugin": model, "batches": [...]}: both paths share the weights
     they start from and the batches they read. ``args``: ``--key=value`` settings, read as the
     runner reads its command line."""
@@ -50,7 +50,7 @@ def _models(dataset, names, args, batches):
     splits, out = {}, {}
     for name in names:
         with command_line(args):
-            model_class, config = build_config(name, dataset, None, {"show_progress": False, "state": "WARNING",
+            model_class, config = build_config(name, dataset, config_file_list, {"show_progress": False, "state": "WARNING",
                                                                      "fast_layers": False})
         kind = config["MODEL_TYPE"]
         if kind not in splits:
@@ -121,8 +121,8 @@ def matmul_flops_per_s(shape, repeats=20):
 
 
 def measure(dataset, names, threads=(1,), rounds=3, batches=4, args=(), log=print, limit_shape=(40960, 128, 128),
-            min_s=1.0):
-    models = _models(dataset, names, list(args), batches)
+            min_s=1.0, config_file_list=None):
+    models = _models(dataset, names, list(args), batches, config_file_list)
     for entry in models.values():
         entry["batches"] = [b.to(entry["device"]) for b in entry["batches"]]
         for path in PATHS:
@@ -217,11 +217,7 @@ def main(argv=None):
     parser.add_argument("--threads", default=f"1,{os.cpu_count()}", help="thread counts, e.g. 1,2")
     parser.add_argument("--batches", type=int, default=4)
     args, rest = parser.parse_known_args(argv)
-    from recbole_cela.fileio import read_json
-
-    if args.report_only:
-        result = read_json(os.path.join(args.out, f"{args.dataset}-throughput.json"))
-        print(f"report: {write_report(result, args.out, result['command'], result['date'])}")
+    if rewrite_report(args, "throughput", write_report):
         return
     threads = sorted({int(t) for t in args.threads.split(",")})
     result = measure(args.dataset, args.models.split(","), threads, args.rounds, args.batches, rest)

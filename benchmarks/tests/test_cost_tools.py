@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import eval_cost, flip_cost, new_items, scaling, text_cost
+from benchmarks import eval_cost, flip_cost, new_items, scaling, text_cost, throughput
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
 
@@ -43,6 +43,28 @@ def test_flip_cost_interleaved(run_config, tiny_encoder, tmp_path):
     assert open(path).read() == text
 
 
+def test_throughput_interleaved(run_config, tiny_encoder, tmp_path):
+    """Both paths of every model trained and scored in every round and thread count, from the same
+    weights; the FLOP count; the report."""
+    files, overrides = run_config(text_encoder=tiny_encoder)
+    args = [f"--{k}={v}" for k, v in overrides.items()]
+    result = throughput.measure("ml-tiny", ["DIN", "CELA", "DeepFM"], threads=(1, 2), rounds=2, batches=2,
+                                args=args, log=lambda *_: None, min_s=0.0, config_file_list=files)
+    for t in ("1", "2"):
+        for kind in ("train", "score"):
+            assert set(result["per_s"][t][kind]) == {"DIN", "CELA", "DeepFM"}
+            assert all(len(v[p]) == 2 and min(v[p]) > 0 for v in result["per_s"][t][kind].values()
+                       for p in throughput.PATHS)
+    train_flops, score_flops = result["matmul_flops_per_sample"]["DIN"]
+    assert train_flops > score_flops > 0  # the backward's products too
+    path = throughput.write_report(result, str(tmp_path), "python -m benchmarks.throughput --dataset=ml-tiny")
+    text = open(path).read()
+    assert "## 2 threads" in text and "| DeepFM |" in text
+    os.remove(path)
+    throughput.main(["--report_only", "--dataset=ml-tiny", f"--out={tmp_path}"])
+    assert open(path).read() == text
+
+
 def test_text_cost_core(tiny_encoder, tmp_path):
     """The four measurements on a tiny random BERT and a few texts; the report section."""
     settings = {"text_pooling": "mean", "simcse_temperature": 0.05, "mlm_weight": 0.1,
@@ -73,6 +95,8 @@ def test_text_cost_core(tiny_encoder, tmp_path):
     ("eval_cost", eval_cost.main, "amazon-sports-ids", "eval-cost"),
     ("text_cost", text_cost.main, "amazon-sports-ids", "text-cost"),
     ("flip_cost", flip_cost.main, "amazon-sports", "flip-cost"),
+    ("throughput", throughput.main, "amazon-sports", "throughput"),
+    ("throughput", throughput.main, "ml-100k", "throughput"),
 ])
 def test_report_only_writes_the_committed_report_again(tool, main, dataset, kind, tmp_path):
     """The markdown written from the committed JSON is the committed markdown, byte for byte."""
