@@ -33,14 +33,11 @@ FROM_ROW = "<from its backbone_from row>"  # stands for the checkpoint path when
 
 
 # ------------------------------------------------------------------------------ commands
-def usable_cores():
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
 def threads_per_job(jobs):
     """Torch threads for each of ``jobs`` runs at once, so that jobs x threads never exceeds the
     cores (more threads than cores make every run wait for the others)."""
+    from recbole_cela.utils import usable_cores
+
     cores = usable_cores()
     if jobs < 1 or jobs > cores:
         raise ValueError(f"--jobs={jobs}: between 1 and the {cores} cores this process may use")
@@ -315,6 +312,7 @@ def run_one(name, seed, dataset, runs_dir, quick=False, extra_args=(), table=Non
     from ((row, seed, result file name)) and that run's checkpoint. ``threads``: the runner's torch
     threads (its ``--threads``), ``jobs``: how many runs the benchmark runs at once (recorded)."""
     from recbole_cela.fileio import atomic_write_json
+    from recbole_cela.utils import usable_cores
 
     folder = os.path.abspath(run_folder(runs_dir, name, seed))
     os.makedirs(folder, exist_ok=True)

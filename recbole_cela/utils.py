@@ -50,6 +50,11 @@ def _config_folder(package):
     return next(path for path in module.__path__ if os.path.isdir(path))
 
 
+def usable_cores():
+    """The cores this process may run on (its CPU affinity where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def set_threads(config):
     """Set torch's intra-op threads to ``threads``, by default the cores this process may use
     divided among the run's ``nproc`` processes (more threads than cores slow every one of them);
@@ -58,8 +63,7 @@ def set_threads(config):
 
     threads = config["threads"]
     if threads is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        threads = max(1, cores // max(1, config["nproc"] or 1))
+        threads = max(1, usable_cores() // max(1, config["nproc"] or 1))
     torch.set_num_threads(threads)
     return threads
 
