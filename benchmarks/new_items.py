@@ -49,6 +49,10 @@ from benchmarks.common import mean_std
 from benchmarks.data import text_token_load_col
 
 
+# Settings that change how fast a run goes, not what it computes (as the benchmark's --resume).
+NON_RESULT_KEYS = ("threads", "show_progress")
+
+
 def _read(path):
     return read_atomic_file(path, keep_types=True)
 
@@ -186,7 +190,9 @@ def run_seed(dataset, seed, held, source_dir, files, overrides, base_dir, saved_
     scorers = {"id_features": id_scorer(backbone, config, cela.dataset, state),
                "id_bare": id_scorer(backbone, config, cela.dataset, state)}
 
-    tokens_config = {**run_config, "load_col": text_token_load_col(dataset),
+    # The text fields as the run's own configuration (its config files and overrides) names them.
+    tokens_cols = text_token_load_col(dataset, {k: config[k] for k in ("load_col", "text_fields", "ITEM_ID_FIELD")})
+    tokens_config = {**run_config, "load_col": tokens_cols,
                      "checkpoint_dir": run_config["checkpoint_dir"] + "-textTokens"}
     shutil.rmtree(tokens_config["checkpoint_dir"], ignore_errors=True)
     tokens_result = run_recbole_cela(backbone, name, files, tokens_config)
@@ -278,7 +284,9 @@ them at all (every new item has 0 training clicks).
 
 
 def run_benchmark(dataset, seeds, out, overrides, base_dir, command, n_items=None, share=None,
-                  config_files=None, saved_dir="saved"):
+                  config_files=None, saved_dir="saved", resume=False, runs_dir=None):
+    """Every seed's hold-out, trained and scored, then the report. Each finished seed is written to
+    ``<runs_dir>/<dataset>-new-items/seed-<seed>.json``; ``resume`` reuses those of the same settings."""
     start = time.time()
     files = config_files or [f for f in [dataset_config_file(dataset)] if f]
     _, config = build_config("CELA", dataset, files, {"data_path": base_dir, **overrides})
@@ -289,9 +297,21 @@ def run_benchmark(dataset, seeds, out, overrides, base_dir, command, n_items=Non
     item_col = next(c for c in test.columns if c.startswith("item_id:"))
     all_items = _read(os.path.join(source_dir, f"{dataset}.item"))[item_col].to_numpy()
     per_seed = []
+    seed_dir = os.path.join(runs_dir or os.path.join(out, "runs"), f"{dataset}-new-items")
     for seed in seeds:
         held = choose_share(all_items, share, seed) if share else choose_items(test, item_col, n_items, seed)
+        # A finished hold-out is reused only when it held out the same items under the same settings.
+        what = {"held_out_items": sorted(held), "share": share, "n_items": n_items,
+                "overrides": {k: v for k, v in overrides.items() if k not in NON_RESULT_KEYS}}
+        path = os.path.join(seed_dir, f"seed-{seed}.json")
+        done = read_json(path) if resume and os.path.exists(path) else None
+        if done is not None and done.get("settings") == what:
+            print(f"seed {seed}: reusing {path}")
+            per_seed.append(done["result"])
+            continue
         per_seed.append(run_seed(dataset, seed, held, source_dir, files, overrides, base_dir, saved_dir))
+        os.makedirs(seed_dir, exist_ok=True)
+        atomic_write_json(path, {"settings": what, "result": per_seed[-1]})
     rows = {}
     for key in ROWS:
         values = [p["auc"][key] for p in per_seed]
@@ -321,6 +341,9 @@ def main(argv=None):
     parser.add_argument("--out", default="docs/benchmarks")
     parser.add_argument("--base_dir", default="dataset", help="datasets folder (the derived ones go here too)")
     parser.add_argument("--saved_dir", default="saved", help="checkpoints folder of the runs")
+    parser.add_argument("--runs_dir", default=None, help="folder of the per-seed results (default <out>/runs)")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the finished seeds in <runs_dir>/<dataset>-new-items/ with the same settings")
     parser.add_argument("--report_only", action="store_true",
                         help="run nothing: write the markdown again from <out>/<dataset>-new-items.json")
     args, rest = parser.parse_known_args(argv)
@@ -335,7 +358,8 @@ def main(argv=None):
     sys.argv = sys.argv[:1]  # RecBole's Config reads sys.argv: the overrides go through config_dict
     seeds = [args.seed + i for i in range(args.seeds)]
     report = run_benchmark(args.dataset, seeds, args.out, overrides, args.base_dir, command, n_items=args.n_items,
-                           share=args.share, saved_dir=args.saved_dir)
+                           share=args.share, saved_dir=args.saved_dir, resume=args.resume,
+                           runs_dir=args.runs_dir)
     print(json.dumps({report["row_names"][k]: v for k, v in report["rows"].items()}, indent=2))
 
 
