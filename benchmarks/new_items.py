@@ -233,6 +233,23 @@ def run_seed(dataset, seed, held, source_dir, files, overrides, base_dir, saved_
     }
 
 
+def gain_line(rows, names, row, other):
+    """``row`` against ``other``: the mean gain, per seed, and whether it is beyond the spread."""
+    a, b = rows[row], rows[other]
+    per_seed = [x - y for x, y in zip(a["by_seed"], b["by_seed"]) if x is not None and y is not None]
+    if not per_seed:
+        return f"{names[row]} vs {names[other]}: no seed has both."
+    gain = float(np.mean(per_seed))
+    spreads = [v["std"] for v in (a, b) if v["std"] is not None]
+    text = (f"{names[row]} vs {names[other]}: {gain:+.4f} AUC "
+            f"(per seed {', '.join(f'{g:+.4f}' for g in per_seed)})")
+    if len(spreads) < 2:
+        return text + "; one seed: the spread is unknown, so no claim either way."
+    spread = max(spreads)
+    verdict = "beyond" if abs(gain) > spread else "within"
+    return text + f", {verdict} the spread ({spread:.4f})."
+
+
 def render(report):
     if "per_seed" not in report:
         return render_single(report)
@@ -254,6 +271,8 @@ def render(report):
     unknown = "; ".join(f"{names[k]}: {v}" for k, v in seeds[0]["unknown_feature_tokens"].items() if v) or "none"
     fields = {k: v for k, v in seeds[0]["feature_fields"].items() if k != "cela_text"}
     warm = ", ".join(f"{p['warm_test_auc']['cela']:.4f}" for p in seeds)
+    gains = "\n".join(f"- {gain_line(r['rows'], names, 'cela', other)}"
+                      for other in ("id_features", "id_text_tokens", "cela_text"))
     return f"""# {r['dataset']}: brand-new products (held out of training, added afterwards)
 
 Command: `{r['command']}`{note}
@@ -268,6 +287,13 @@ scored with no retraining. Per seed: {samples}.
 | Row | AUC on the held-out items' test samples, mean ± std over seeds | per seed |
 |---|---|---|
 {chr(10).join(rows)}
+
+What CELA gains on products nobody has clicked yet (paired: each seed's rows score the same samples):
+
+{gains}
+
+"Spread" = the larger of the two rows' seed-to-seed standard deviations; a gain inside it is not
+claimed as a win.
 
 Item features each row's model reads: {json.dumps(fields)} (CELA from text alone: none).
 Feature tokens of the held-out items unknown to the run (padding), first seed: {unknown}.

@@ -34,3 +34,17 @@ def test_a_finished_seed_is_reused_only_under_its_settings(run_config, tiny_enco
     assert "reusing" not in capsys.readouterr().out
     assert json.loads(seed_file.read_text())["settings"]["overrides"]["epochs"] == 1
     assert rerun["per_seed"][0]["held_out_items"] == first["per_seed"][0]["held_out_items"]
+
+
+def test_a_gain_is_claimed_only_beyond_the_larger_spread():
+    names = new_items.row_names("DIN")
+
+    def rows(cela, din):
+        return {"cela": {"std": 0.002 if len(cela) > 1 else None, "by_seed": cela},
+                "id_features": {"std": 0.004 if len(din) > 1 else None, "by_seed": din}}
+
+    beyond = new_items.gain_line(rows([0.80, 0.81, 0.79], [0.79, 0.80, 0.78]), names, "cela", "id_features")
+    assert "+0.0100 AUC" in beyond and "beyond the spread (0.0040)" in beyond
+    within = new_items.gain_line(rows([0.80, 0.81], [0.797, 0.807]), names, "cela", "id_features")
+    assert "within the spread (0.0040)" in within
+    assert "no claim" in new_items.gain_line(rows([0.80], [0.70]), names, "cela", "id_features")
