@@ -269,7 +269,7 @@ def render(report):
     samples = ", ".join(f"{p['n_items']} items with {p['n_samples']} test samples ({p['n_positive']} clicks)"
                         for p in seeds)
     unknown = "; ".join(f"{names[k]}: {v}" for k, v in seeds[0]["unknown_feature_tokens"].items() if v) or "none"
-    fields = {k: v for k, v in seeds[0]["feature_fields"].items() if k != "cela_text"}
+    fields = {k: v for k, v in seeds[0]["feature_fields"].items() if k not in ("cela_text", "id_bare")}
     warm = ", ".join(f"{p['warm_test_auc']['cela']:.4f}" for p in seeds)
     gains = "\n".join(f"- {gain_line(r['rows'], names, 'cela', other)}"
                       for other in ("id_features", "id_text_tokens", "cela_text"))
@@ -295,7 +295,7 @@ What CELA gains on products nobody has clicked yet (paired: each seed's rows sco
 "Spread" = the larger of the two rows' seed-to-seed standard deviations; a gain inside it is not
 claimed as a win.
 
-Item features each row's model reads: {json.dumps(fields)} (CELA from text alone: none).
+Item features each row's model reads: {json.dumps(fields)} (CELA from text alone and the bare {r['backbone']}: none).
 Feature tokens of the held-out items unknown to the run (padding), first seed: {unknown}.
 For reference, CELA's test AUC on all test samples of the known items: {warm} ({seeds[0]['n_warm_test']} samples).
 
