@@ -4,9 +4,14 @@ the report states (verdicts against the seed spread, gains over DIN, cost ratios
 from benchmarks import registry
 from benchmarks.common import STAGES, get, mean, mean_std, ratio
 
-# CELA settings that tell its benchmark variants apart (the ablation table lists them per variant).
-ABLATION_KEYS = ["backbone", "dap", "align", "align_target", "align_temperature", "align_epochs", "text_proj_fields",
-                 "text_normalize", "finetune_encoder", "epochs"]
+def ablation_keys():
+    """The CELA settings that tell its benchmark rows apart: the stage switches and every key a
+    CELA row of ``benchmarks/variants.yaml`` sets, so a new row's setting is listed without more code."""
+    keys = ["backbone", "dap", "align"]
+    for spec in registry.variants().values():
+        if spec.get("model") == "CELA":
+            keys += [a[2:].split("=", 1)[0] for a in spec.get("args") or [] if a.startswith("--")]
+    return list(dict.fromkeys(keys))
 
 
 def stage_cost(stage):
@@ -34,7 +39,7 @@ FLIP_KEYS = ["flip_finetune", "flip_backbone", "flip_pretrain_samples", "flip_pr
 
 
 def settings_of(results):
-    """The ABLATION_KEYS of a CELA variant's runs (from their recorded config), FLIP_KEYS of a
+    """The ablation_keys() of a CELA variant's runs (from their recorded config), FLIP_KEYS of a
     FLIP variant's, else None."""
     flip = [r.get("config") or {} for r in results if (r.get("config") or {}).get("model") == "FLIP"]
     if flip:
@@ -44,7 +49,7 @@ def settings_of(results):
         return None
     # A run made before a key existed ran what is now that key's props default (e.g. align_target).
     defaults = cela_defaults()
-    return {k: configs[0].get(k, defaults.get(k)) for k in ABLATION_KEYS}
+    return {k: configs[0].get(k, defaults.get(k)) for k in ablation_keys()}
 
 
 def _buckets(results, deterministic):

@@ -11,7 +11,7 @@ import platform
 import numpy as np
 
 from benchmarks import plots, registry
-from benchmarks.aggregate import ABLATION_KEYS, aggregate, compare, comparisons
+from benchmarks.aggregate import ablation_keys, aggregate, compare, comparisons
 from benchmarks.common import FLIP_STAGES, QUICK_ARGS, SPLITS, STAGES, TEXT_STAGES, get
 
 FIGURES = ("auc", "buckets", "cost", "stages")
@@ -154,7 +154,8 @@ def ablation_rows(agg, names):
     """One row per CELA variant: its stages and settings, valid/test AUC, and the test AUC gain
     over the frozen-vector row (no stage 1, no stage 2) with the closest fusion settings: same
     backbone, then same projection width, then same normalisation, then same epoch budget."""
-    cela = [n for n in names if get(agg, n, "settings") and agg[n]["test_auc_mean"] is not None]
+    # FLIP rows have settings too (FLIP_KEYS), without CELA's stage switches: nothing to ablate.
+    cela = [n for n in names if "dap" in (get(agg, n, "settings") or {}) and agg[n]["test_auc_mean"] is not None]
     frozen = [n for n in cela if not any(agg[n]["settings"].get(k) for k in ("dap", "align", "finetune_encoder"))]
 
     def reference(name, st):
@@ -170,7 +171,7 @@ def ablation_rows(agg, names):
     base = {}
     if cela:  # every setting without a column of its own, as the reference row has it
         first = agg["CELA"]["settings"] if "CELA" in cela else agg[cela[0]]["settings"]
-        base = {k: first.get(k) for k in ABLATION_KEYS if k not in ("backbone", "dap", "align")}
+        base = {k: first.get(k) for k in ablation_keys() if k not in ("backbone", "dap", "align")}
     rows = []
     for n in cela:
         a, st = agg[n], agg[n]["settings"]

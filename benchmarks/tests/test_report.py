@@ -227,6 +227,16 @@ def test_ablation_rows_read_each_variants_recorded_settings():
     rows = {r[0]: r for r in ablation_rows(aggregate(recs, names), names)}
     assert rows["CELA-e2e-2ep"][-1] == "+0.0100 (CELA-frozenText-2ep)"
     assert "epochs=2" in rows["CELA-e2e-2ep"][4] and "finetune_encoder=True" in rows["CELA-e2e-2ep"][4]
+    # A setting only a registry row sets (max_text_length: CELA-onDIN-len128) is listed too.
+    recs.append(run("CELA-len128", 0.75, max_text_length=128))
+    names.append("CELA-len128")
+    rows = {r[0]: r for r in ablation_rows(aggregate(recs, names), names)}
+    assert rows["CELA-len128"][4] == "max_text_length=128"
+    # A FLIP row has recorded settings of its own, and no CELA stages: not a row of the ablation.
+    flip = {"variant": "FLIP", "seed": 2020, "status": "ok", "result": fake_result("FLIP", 2020, 0.7)}
+    flip["result"]["config"] = {"model": "FLIP", "flip_finetune": "joint"}
+    rows = {r[0]: r for r in ablation_rows(aggregate(recs + [flip], names + ["FLIP"]), names + ["FLIP"])}
+    assert "FLIP" not in rows and "CELA-len128" in rows
     # A run recorded before a key existed is read with that key's props default.
     assert settings_of([{"config": {"model": "CELA", "dap": True}}])["align_target"] == "item"
 
