@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from recbole_cela.config import build_config
+from recbole_cela.config import NON_SEMANTIC_KEYS, build_config
 from recbole_cela.data import prepare_from_config
 from benchmarks.common import config_overrides
 from benchmarks.data import write_atomic_file
@@ -47,10 +47,6 @@ from recbole_cela.utils import dataset_config_file
 
 from benchmarks.common import mean_std
 from benchmarks.data import text_token_load_col
-
-
-# Settings that change how fast a run goes, not what it computes (as the benchmark's --resume).
-NON_RESULT_KEYS = ("threads", "show_progress")
 
 
 def _read(path):
@@ -326,9 +322,10 @@ def run_benchmark(dataset, seeds, out, overrides, base_dir, command, n_items=Non
     seed_dir = os.path.join(runs_dir or os.path.join(out, "runs"), f"{dataset}-new-items")
     for seed in seeds:
         held = choose_share(all_items, share, seed) if share else choose_items(test, item_col, n_items, seed)
-        # A finished hold-out is reused only when it held out the same items under the same settings.
+        # A finished hold-out is reused only when it held out the same items under the same settings
+        # (paths, logging and speed settings aside: NON_SEMANTIC_KEYS).
         what = {"held_out_items": sorted(held), "share": share, "n_items": n_items,
-                "overrides": {k: v for k, v in overrides.items() if k not in NON_RESULT_KEYS}}
+                "overrides": {k: v for k, v in overrides.items() if k not in NON_SEMANTIC_KEYS}}
         path = os.path.join(seed_dir, f"seed-{seed}.json")
         done = read_json(path) if resume and os.path.exists(path) else None
         if done is not None and done.get("settings") == what:
