@@ -24,6 +24,7 @@ that JSON; a ``note`` there is printed under the command).
 """
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -32,13 +33,13 @@ import time
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
 from recbole_cela.config import NON_SEMANTIC_KEYS, build_config
 from recbole_cela.data import prepare_from_config
 from benchmarks.common import config_overrides
 from benchmarks.data import write_atomic_file
 from recbole_cela.checkpoints import load_checkpoint
+from recbole_cela.evaluation import overall_auc
 from recbole_cela.fileio import atomic_write, atomic_write_json, read_atomic_file, read_json
 from recbole_cela.model import build_model, get_model
 from recbole_cela.new_items import NewItemScorer, read_items_file
@@ -90,11 +91,6 @@ def hold_out(source_dir, dataset, target_dir, name, held):
     if os.path.isfile(os.path.join(source_dir, f"{dataset}.user")):  # amazon data has none
         shutil.copyfile(os.path.join(source_dir, f"{dataset}.user"), os.path.join(target_dir, f"{name}.user"))
     return removed
-
-
-def _auc(labels, scores):
-    labels = np.asarray(labels, dtype=float)
-    return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else None
 
 
 def render_single(report):
@@ -173,6 +169,9 @@ def run_seed(dataset, seed, held, source_dir, files, overrides, base_dir, saved_
     shutil.rmtree(run_config["checkpoint_dir"], ignore_errors=True)  # exactly this run's checkpoint
     result = run_recbole_cela("CELA", name, files, run_config)
     cela = NewItemScorer.load(result["checkpoint"])
+    # The same run for the text-alone row, loaded once: a model of its own (added items go into
+    # its tables), the data and encoder shared (read only).
+    cela_text = NewItemScorer(copy.deepcopy(cela.model), cela.config, cela.dataset, cela.encoder, cela.tokenizer)
     config, backbone = cela.config, cela.config["backbone"]
 
     # The ID models are built on the dataset before any item is added to it.
@@ -199,7 +198,7 @@ def run_seed(dataset, seed, held, source_dir, files, overrides, base_dir, saved_
     scorers["id_text_tokens"] = id_scorer(backbone, tokens_cfg, tokens_data,
                                           load_checkpoint(tokens_result["checkpoint"])["state_dict"])
 
-    scorers["cela"], scorers["cela_text"] = cela, NewItemScorer.load(result["checkpoint"])
+    scorers["cela"], scorers["cela_text"] = cela, cela_text
     item_path = os.path.join(source_dir, f"{dataset}.item")
     texts = read_items_file(item_path, config)
     items = read_atomic_file(item_path).set_index(config["ITEM_ID_FIELD"])
@@ -215,8 +214,8 @@ def run_seed(dataset, seed, held, source_dir, files, overrides, base_dir, saved_
     pairs = [(u, h.split(), i) for u, h, i in zip(removed[cols["user_id"]], removed[cols["item_id_list"]],
                                                   removed[cols["item_id"]])]
     labels = removed[cols["label"]].astype(float).to_numpy()
-    auc = {"pop": _auc(labels, np.zeros(len(labels)))}
-    auc.update({key: _auc(labels, scorer.score_pairs(pairs)) for key, scorer in scorers.items()})
+    auc = {"pop": overall_auc(np.zeros(len(labels)), labels)}
+    auc.update({key: overall_auc(scorer.score_pairs(pairs), labels) for key, scorer in scorers.items()})
     return {
         "seed": seed, "dataset": name, "n_items": len(held), "held_out_items": sorted(held),
         "n_samples": len(labels), "n_positive": int(labels.sum()), "auc": auc,

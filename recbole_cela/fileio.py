@@ -156,7 +156,6 @@ def read_atomic_file(path, keep_types=False):
     return frame
 
 
-
 def try_lock(path):
     """An exclusive lock on ``path`` (a file created for it) as an open descriptor, or None while
     another live process holds it. The holder removes the file when it lets go (:func:`unlock`);
